@@ -1,0 +1,117 @@
+"""Save and load training state in Megatron's distributed checkpoint format.
+
+Model and optimizer are stored as layout-independent sharded tensors (the distributed
+optimizer ``fully_reshardable``), so a checkpoint loads under another
+TP/PP/VPP/DP layout. Everyone writes into ``iter_N.tmp``; rank 0 then adds the description
+file and renames, so a checkpoint is complete or absent.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from megatron.core import dist_checkpointing, parallel_state
+from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+from megatron_sail.checkpointing.layout_files import (
+    CheckpointError, iteration_dir, publish, read_marker,
+)
+
+COMMON_KEY = "sail"
+
+
+def _metadata() -> dict:
+    return {
+        "dp_cp_group": parallel_state.get_data_parallel_group(with_context_parallel=True),
+        "distrib_optim_sharding_type": "fully_reshardable",
+    }
+
+
+def model_sharded_state_dict(chunks) -> dict:
+    meta = _metadata()
+    if len(chunks) == 1:
+        return {"model": chunks[0].sharded_state_dict(metadata=meta)}
+    return {f"model{i}": c.sharded_state_dict(metadata=meta) for i, c in enumerate(chunks)}
+
+
+def _rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
+
+
+def _restore_rng(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _rng_object(state) -> ShardedObject:
+    pp, tp = (parallel_state.get_pipeline_model_parallel_world_size(),
+              parallel_state.get_tensor_model_parallel_world_size())
+    return ShardedObject(
+        "rng_state", state, (pp, tp),
+        (parallel_state.get_pipeline_model_parallel_rank(),
+         parallel_state.get_tensor_model_parallel_rank()),
+        replica_id=parallel_state.get_data_parallel_rank(),
+    )
+
+
+def save_checkpoint(root: Path, iteration: int, chunks, optimizer, common: dict,
+                    marker: dict, keep_last: Optional[int] = None) -> Path:
+    """Collective: every rank calls it. ``common`` (plain values) is stored once."""
+    root = Path(root)
+    final = iteration_dir(root, iteration)
+    tmp = final.with_name(final.name + ".tmp")
+    rank = torch.distributed.get_rank()
+    if rank == 0:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    torch.distributed.barrier()
+    state = model_sharded_state_dict(chunks)
+    if optimizer is not None:
+        state["optimizer"] = optimizer.sharded_state_dict(state, metadata=_metadata())
+    state["rng_state"] = _rng_object(_rng_state())
+    state[COMMON_KEY] = common
+    dist_checkpointing.save(state, str(tmp))
+    torch.distributed.barrier()
+    if rank == 0:
+        publish(tmp, final, iteration, marker, keep_last)
+    torch.distributed.barrier()
+    return final
+
+
+def load_checkpoint(ckpt_dir: Path, chunks, optimizer=None, restore_rng: bool = True) -> dict:
+    """Collective. Loads model (and optimizer) state in place; returns the common state."""
+    ckpt_dir = Path(ckpt_dir)
+    marker = read_marker(ckpt_dir)
+    state = model_sharded_state_dict(chunks)
+    if optimizer is not None:
+        state["optimizer"] = optimizer.sharded_state_dict(state, is_loading=True,
+                                                          metadata=_metadata())
+    same_layout = marker.get("pp_tp") == [parallel_state.get_pipeline_model_parallel_world_size(),
+                                          parallel_state.get_tensor_model_parallel_world_size()]
+    if restore_rng and same_layout:
+        state["rng_state"] = _rng_object(None)
+    try:
+        loaded = dist_checkpointing.load(state, str(ckpt_dir))
+    except Exception as exc:  # dist_checkpointing raises many types; all mean "cannot load"
+        raise CheckpointError(f"{ckpt_dir}: cannot load checkpoint: {exc}") from exc
+    if len(chunks) == 1:
+        chunks[0].load_state_dict(loaded["model"])
+    else:
+        for i, chunk in enumerate(chunks):
+            chunk.load_state_dict(loaded[f"model{i}"])
+    if optimizer is not None:
+        optimizer.load_state_dict(loaded["optimizer"])
+    if "rng_state" in loaded:
+        _restore_rng(loaded["rng_state"])
+    return loaded.get(COMMON_KEY, {})

@@ -1,0 +1,80 @@
+"""Where checkpoints live and how completeness is recorded (no torch.distributed here)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Optional
+
+LATEST_FILE = "latest_checkpointed_iteration.txt"
+MARKER_FILE = "sail_checkpoint.json"  # written last: a directory without it is not a checkpoint
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, incomplete, corrupt or incompatible; names the path."""
+
+
+def iteration_dir(root: Path, iteration: int) -> Path:
+    return Path(root) / f"iter_{iteration:07d}"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_marker(ckpt_dir: Path) -> dict:
+    marker = Path(ckpt_dir) / MARKER_FILE
+    if not marker.is_file():
+        raise CheckpointError(f"{ckpt_dir}: not a complete checkpoint (no {MARKER_FILE})")
+    try:
+        return json.loads(marker.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{marker}: unreadable checkpoint description: {exc}") from None
+
+
+def latest_checkpoint(root: Path) -> Optional[Path]:
+    """The checkpoint named by ``root/latest_checkpointed_iteration.txt``, or None."""
+    latest = Path(root) / LATEST_FILE
+    if not latest.is_file():
+        return None
+    text = latest.read_text().strip()
+    if not text.isdigit():
+        raise CheckpointError(f"{latest}: expected an iteration number, found {text!r}")
+    ckpt = iteration_dir(root, int(text))
+    read_marker(ckpt)
+    return ckpt
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """Accept a run's ``checkpoints/`` directory (latest is used) or an ``iter_*`` directory."""
+    path = Path(path)
+    if (path / MARKER_FILE).is_file():
+        return path
+    if (path / LATEST_FILE).is_file():
+        return latest_checkpoint(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: checkpoint path does not exist")
+    raise CheckpointError(f"{path}: neither a checkpoint directory ({MARKER_FILE}) nor a "
+                          f"checkpoints directory ({LATEST_FILE})")
+
+
+def publish(tmp_dir: Path, final_dir: Path, iteration: int, marker: dict,
+            keep_last: Optional[int]) -> None:
+    """Rank 0, after every rank wrote into ``tmp_dir``: mark complete, rename, update latest."""
+    write_atomic(tmp_dir / MARKER_FILE, json.dumps(marker, indent=1))
+    if final_dir.exists():
+        shutil.rmtree(final_dir)
+    os.replace(tmp_dir, final_dir)
+    write_atomic(final_dir.parent / LATEST_FILE, f"{iteration}\n")
+    if keep_last:
+        done = sorted(p for p in final_dir.parent.glob("iter_*")
+                      if p.is_dir() and not p.name.endswith(".tmp") and (p / MARKER_FILE).exists())
+        for old in done[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,108 @@
+"""The ``sail`` command: parses arguments and dispatches; the work happens elsewhere."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+USAGE = """sail train CONFIG.yaml [key=value ...] [--nproc-per-node N]
+sail plot RUN_DIR [--out FILE.png]"""
+
+
+class UsageError(ValueError):
+    pass
+
+
+def _split_train_args(args: list[str]) -> tuple[str | None, list[str], int]:
+    """Options and overrides in any order: one config path, key=value pairs, --nproc-per-node."""
+    config, overrides, nproc = None, [], 1
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg.startswith("--nproc-per-node") or arg.startswith("--nproc_per_node"):
+            value = arg.split("=", 1)[1] if "=" in arg else (args[i + 1] if i + 1 < len(args) else "")
+            i += 0 if "=" in arg else 1
+            if not value.isdigit() or int(value) < 1:
+                raise UsageError(f"--nproc-per-node needs a positive integer, got {value!r}")
+            nproc = int(value)
+        elif arg.startswith("-"):
+            raise UsageError(f"unknown option {arg!r}")
+        elif "=" in arg:
+            overrides.append(arg)
+        elif config is None:
+            config = arg
+        else:
+            raise UsageError(f"a second config file {arg!r} (already have {config!r})")
+        i += 1
+    return config, overrides, nproc
+
+
+def _externally_launched() -> bool:
+    return ("RANK" in os.environ and "WORLD_SIZE" in os.environ) or "SLURM_STEP_ID" in os.environ
+
+
+def cmd_train(args: list[str]) -> int:
+    from megatron_sail.checkpointing.layout_files import CheckpointError
+    from megatron_sail.config import ConfigError, load_config
+    from megatron_sail.config.layout import resolve_layout
+    from megatron_sail.training.trainer import transformer_engine_available
+
+    config, overrides, nproc = _split_train_args(args)
+    try:
+        cfg = load_config(config, overrides)
+        if _externally_launched():
+            from megatron_sail.distributed.runtime import detect_env
+
+            world = detect_env().world_size
+            if nproc > 1:
+                raise UsageError("--nproc-per-node is for local launches; under torchrun/srun "
+                                 "the launcher sets the number of processes")
+        else:
+            world = nproc
+        import torch
+
+        resolve_layout(cfg, world, torch.cuda.is_available(), transformer_engine_available())
+    except (ConfigError, CheckpointError) as exc:
+        print(f"sail train: error: {exc}", file=sys.stderr)
+        return 2
+
+    worker_args = ([config] if config else []) + overrides
+    if _externally_launched() or nproc == 1:
+        from megatron_sail.training.worker import main as worker_main
+
+        return worker_main(worker_args)
+    from megatron_sail.distributed.launcher import launch_local
+
+    return launch_local(nproc, worker_args)
+
+
+def cmd_plot(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="sail plot", description="plot a run's loss curves")
+    parser.add_argument("run_dir", nargs="+")
+    parser.add_argument("--out", default=None, help="PNG path (default RUN_DIR/loss.png)")
+    ns = parser.parse_args(args)
+    from megatron_sail.training.plot import plot_runs
+
+    out = plot_runs(ns.run_dir, ns.out)
+    print(f"wrote {out}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "plot": cmd_plot}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print(USAGE, file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    try:
+        return COMMANDS[argv[0]](argv[1:])
+    except UsageError as exc:
+        print(f"sail {argv[0]}: error: {exc}\nusage: {USAGE}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""Start-up validation: turn a config and a world size into a concrete parallel layout.
+
+Every problem found is reported at once, in one ``ConfigError``, before any process group
+or model exists.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from megatron_sail.config.loader import ConfigError
+from megatron_sail.config.schema import FREEZABLE, RECOMPUTE, SailConfig
+
+VOCAB_PAD_MULTIPLE = 128  # independent of TP, so every layout shares one padded vocabulary
+
+
+@dataclass(frozen=True)
+class Layout:
+    world_size: int
+    tp: int
+    pp: int
+    vpp: int  # 1 when virtual pipelining is off
+    dp: int
+    vision_tp: int
+    sequence_parallel: bool
+    num_microbatches: int
+    padded_vocab_size: int
+    # LLM decoder layers of each virtual stage, indexed [vpp_rank][pp_rank].
+    stage_layers: tuple[tuple[int, ...], ...]
+
+    @property
+    def vision_replicated(self) -> bool:
+        return self.tp > 1 and self.vision_tp == 1
+
+
+def padded_vocab_size(vocab_size: int) -> int:
+    return math.ceil(vocab_size / VOCAB_PAD_MULTIPLE) * VOCAB_PAD_MULTIPLE
+
+
+def _stage_layers(num_layers: int, pp: int, vpp: int, first: int | None, errors: list[str]):
+    stages = pp * vpp
+    if first is None:
+        if num_layers % stages:
+            errors.append(
+                f"model.llm.num_layers={num_layers} does not split evenly over {stages} pipeline "
+                f"stages (pp={pp} x vpp={vpp}); set parallel.first_stage_llm_layers"
+            )
+            return None
+        first = num_layers // stages
+    if first < 0 or first > num_layers:
+        errors.append(f"parallel.first_stage_llm_layers={first} is outside 0..{num_layers}")
+        return None
+    rest = num_layers - first
+    if stages == 1:
+        if first != num_layers:
+            errors.append(
+                f"parallel.first_stage_llm_layers={first} needs pipeline parallelism "
+                f"(all {num_layers} layers are on the only stage)"
+            )
+            return None
+        return ((num_layers,),)
+    if rest % (stages - 1):
+        errors.append(
+            f"after parallel.first_stage_llm_layers={first}, the other {rest} LLM layers do not "
+            f"split evenly over the remaining {stages - 1} pipeline stages"
+        )
+        return None
+    per = rest // (stages - 1)
+    flat = [first] + [per] * (stages - 1)
+    return tuple(tuple(flat[v * pp + p] for p in range(pp)) for v in range(vpp))
+
+
+def resolve_layout(cfg: SailConfig, world_size: int, cuda_available: bool = False,
+                   te_available: bool = False) -> Layout:
+    errors: list[str] = []
+    par, model, train = cfg.parallel, cfg.model, cfg.train
+    vision, llm = model.vision, model.llm
+    tp, pp = par.tensor_model_parallel_size, par.pipeline_model_parallel_size
+    vpp = par.virtual_pipeline_model_parallel_size or 1
+
+    for name, value in (("tensor_model_parallel_size", tp), ("pipeline_model_parallel_size", pp),
+                        ("expert_model_parallel_size", par.expert_model_parallel_size),
+                        ("virtual_pipeline_model_parallel_size", vpp)):
+        if value < 1:
+            errors.append(f"parallel.{name}={value} must be >= 1")
+    if min(tp, pp, vpp) < 1:
+        raise ConfigError("invalid parallel layout:\n  - " + "\n  - ".join(errors))
+
+    dp = world_size // (tp * pp)
+    if world_size % (tp * pp):
+        errors.append(
+            f"world size {world_size} is not divisible by tensor x pipeline parallel "
+            f"size {tp} x {pp} = {tp * pp}"
+        )
+        dp = 1
+    if par.expert_model_parallel_size != 1:
+        errors.append(
+            f"parallel.expert_model_parallel_size={par.expert_model_parallel_size} needs a "
+            f"Mixture-of-Experts LLM; preset '{model.preset}' is dense"
+        )
+    if vpp > 1 and pp == 1:
+        errors.append("parallel.virtual_pipeline_model_parallel_size > 1 needs "
+                      "parallel.pipeline_model_parallel_size > 1")
+
+    # LLM tensor parallelism.
+    if llm.num_attention_heads % tp:
+        errors.append(f"tensor_model_parallel_size={tp} does not divide the LLM's "
+                      f"{llm.num_attention_heads} attention heads")
+    if llm.num_query_groups % tp:
+        errors.append(f"tensor_model_parallel_size={tp} does not divide the LLM's "
+                      f"{llm.num_query_groups} key/value heads")
+    if llm.num_attention_heads % llm.num_query_groups:
+        errors.append(f"model.llm.num_query_groups={llm.num_query_groups} does not divide "
+                      f"num_attention_heads={llm.num_attention_heads}")
+    padded = padded_vocab_size(llm.vocab_size)
+    if padded % tp:
+        errors.append(f"the padded vocabulary ({padded}) is not divisible by "
+                      f"tensor_model_parallel_size={tp}")
+    if llm.ffn_hidden_size % tp:
+        errors.append(f"tensor_model_parallel_size={tp} does not divide the LLM FFN size "
+                      f"{llm.ffn_hidden_size}")
+
+    sp = par.sequence_parallel if par.sequence_parallel is not None else tp > 1
+    if sp and tp == 1:
+        sp = False  # sequence parallelism is a no-op without tensor parallelism
+    if sp and cfg.data.seq_length % tp:
+        errors.append(f"data.seq_length={cfg.data.seq_length} must be divisible by "
+                      f"tensor_model_parallel_size={tp} with sequence parallelism")
+
+    # Vision tensor parallelism: all TP ranks, or replicated.
+    vision_tp = par.vision_tensor_parallel_size
+    if vision_tp is None:
+        vision_tp = tp if vision.num_attention_heads % tp == 0 and vision.ffn_hidden_size % tp == 0 else 1
+    if vision_tp not in (1, tp):
+        errors.append(f"parallel.vision_tensor_parallel_size={vision_tp} must be 1 (replicated "
+                      f"ViT) or equal to tensor_model_parallel_size={tp}")
+    elif vision.num_attention_heads % vision_tp or vision.ffn_hidden_size % vision_tp:
+        errors.append(f"vision_tensor_parallel_size={vision_tp} does not divide the ViT's "
+                      f"{vision.num_attention_heads} heads / FFN {vision.ffn_hidden_size}; "
+                      f"use parallel.vision_tensor_parallel_size=1 (replicated ViT)")
+    if model.adapter.downsample_ratio != 0.5:
+        errors.append(f"model.adapter.downsample_ratio={model.adapter.downsample_ratio}: only the "
+                      f"released 0.5 (2x2 pixel shuffle) is supported")
+    image_size = cfg.data.image_size or vision.image_size
+    if image_size % (2 * vision.patch_size):
+        errors.append(f"image size {image_size} must be a multiple of {2 * vision.patch_size} px "
+                      f"(patch {vision.patch_size} x the 2x2 token merge)")
+    if vision.select_layer != -1 and not -vision.num_layers <= vision.select_layer < vision.num_layers:
+        errors.append(f"model.vision.select_layer={vision.select_layer} is outside the "
+                      f"{vision.num_layers} ViT layers")
+
+    stage_layers = _stage_layers(llm.num_layers, pp, vpp, par.first_stage_llm_layers, errors)
+    if vpp > 1 and stage_layers and any(n == 0 for row in stage_layers for n in row[1:]):
+        errors.append("with virtual pipelining every virtual stage after the first needs LLM layers")
+
+    # Batch arithmetic.
+    mbs, gbs = train.micro_batch_size, train.global_batch_size
+    num_microbatches = 1
+    if mbs < 1 or gbs < 1:
+        errors.append("train.micro_batch_size and train.global_batch_size must be >= 1")
+    elif gbs % (mbs * dp):
+        errors.append(f"train.global_batch_size={gbs} is not divisible by micro_batch_size x "
+                      f"data-parallel size = {mbs} x {dp}")
+    else:
+        num_microbatches = gbs // (mbs * dp)
+        if vpp > 1 and num_microbatches % pp:
+            errors.append(f"virtual pipelining needs the number of micro-batches "
+                          f"({num_microbatches}) to be a multiple of pipeline size {pp}")
+
+    for name, value in (("train_iters", train.train_iters), ("log_interval", train.log_interval)):
+        if value < 1:
+            errors.append(f"train.{name}={value} must be >= 1")
+    for name, value in (("train.exit_interval", train.exit_interval),
+                        ("train.eval_interval", train.eval_interval),
+                        ("checkpoint.save_interval", cfg.checkpoint.save_interval),
+                        ("checkpoint.keep_last", cfg.checkpoint.keep_last)):
+        if value is not None and value < 1:
+            errors.append(f"{name}={value} must be >= 1 (or null)")
+    if train.precision not in ("fp32", "bf16"):
+        errors.append(f"train.precision='{train.precision}' must be fp32 or bf16")
+    if cfg.optimizer.lr_decay_style not in ("cosine", "linear", "constant"):
+        errors.append(f"optimizer.lr_decay_style='{cfg.optimizer.lr_decay_style}' must be "
+                      f"cosine, linear or constant")
+
+    unknown = [f for f in model.freeze if f not in FREEZABLE]
+    if unknown:
+        errors.append(f"model.freeze has {unknown}; choose from {', '.join(FREEZABLE)}")
+    if set(model.freeze) >= set(FREEZABLE):
+        errors.append("model.freeze names every part: nothing would train")
+    for name in ("vision_recompute", "llm_recompute"):
+        if getattr(model, name) not in RECOMPUTE:
+            errors.append(f"model.{name}='{getattr(model, name)}' must be null, selective or full")
+
+    # Transformer Engine and FP8: only where they can really run.
+    if model.transformer_impl not in ("local", "transformer_engine"):
+        errors.append(f"model.transformer_impl='{model.transformer_impl}' must be local or "
+                      f"transformer_engine")
+    elif model.transformer_impl == "transformer_engine" and not (te_available and cuda_available):
+        errors.append("model.transformer_impl=transformer_engine needs Transformer Engine and a "
+                      "CUDA GPU (install the [te] extra on a GPU machine); use local on CPU")
+    if model.fp8 is not None:
+        if model.fp8 not in ("hybrid", "e4m3"):
+            errors.append(f"model.fp8='{model.fp8}' must be null, hybrid or e4m3")
+        elif model.transformer_impl != "transformer_engine" or not (te_available and cuda_available):
+            errors.append(f"model.fp8={model.fp8} needs model.transformer_impl=transformer_engine "
+                          f"with Transformer Engine on a CUDA GPU (found TE: {te_available}, "
+                          f"CUDA: {cuda_available})")
+        if train.precision != "bf16":
+            errors.append("model.fp8 needs train.precision=bf16")
+    if model.fp8_recipe not in ("delayed", "tensorwise"):
+        errors.append(f"model.fp8_recipe='{model.fp8_recipe}' must be delayed or tensorwise")
+    if cfg.data.dataset != "synthetic":
+        errors.append(f"data.dataset='{cfg.data.dataset}': only the built-in 'synthetic' "
+                      f"dataset exists in this version")
+
+    if errors:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
+    return Layout(
+        world_size=world_size, tp=tp, pp=pp, vpp=vpp, dp=dp, vision_tp=vision_tp,
+        sequence_parallel=sp, num_microbatches=num_microbatches, padded_vocab_size=padded,
+        stage_layers=stage_layers,
+    )

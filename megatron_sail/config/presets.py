@@ -1,0 +1,92 @@
+"""Model architectures of the SAIL-VL2 family and the tiny CPU model.
+
+Shapes follow the public release (SAIL-ViT-Huge + Qwen3 backbones); see the README's model
+table. Each preset is only a starting point: every field can be overridden in YAML or on the
+command line (``model.llm.num_layers=4``) and the resolved values are saved with the run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class VisionArch:
+    """SAIL-ViT (AIMv2-style): conv patchify -> RMSNorm -> learned positions -> blocks."""
+
+    num_layers: int = 24
+    hidden_size: int = 1536
+    num_attention_heads: int = 12
+    ffn_hidden_size: int = 4096
+    patch_size: int = 14
+    image_size: int = 448  # the trained grid of the position embedding: (448 / 14)^2 = 1024
+    norm_eps: float = 1e-5
+    select_layer: int = -1  # -1: last block after the final norm; k: raw output of block k
+
+
+@dataclass
+class AdapterArch:
+    """Pixel shuffle (2x2 merge, "v2" order) + LayerNorm -> Linear -> GELU -> Linear."""
+
+    downsample_ratio: float = 0.5
+    norm_eps: float = 1e-5
+
+
+@dataclass
+class LLMArch:
+    """Qwen3 dense decoder."""
+
+    num_layers: int = 28
+    hidden_size: int = 2048
+    num_attention_heads: int = 16
+    num_query_groups: int = 8
+    head_dim: int = 128
+    ffn_hidden_size: int = 6144
+    vocab_size: int = 151936
+    rope_theta: float = 1_000_000.0
+    norm_eps: float = 1e-6
+    tie_word_embeddings: bool = False
+    max_position_embeddings: int = 40960
+
+
+@dataclass
+class Preset:
+    vision: VisionArch
+    adapter: AdapterArch
+    llm: LLMArch
+
+
+def _sail_vit_huge() -> VisionArch:
+    return VisionArch()
+
+
+PRESETS: dict[str, Preset] = {
+    # Runs in seconds on a CPU; 4 LLM layers so PP=2 x VPP=2 has one layer per chunk; tied
+    # embeddings so the tied path (embedding group across pipeline stages) is exercised.
+    "tiny": Preset(
+        vision=VisionArch(
+            num_layers=2, hidden_size=64, num_attention_heads=4, ffn_hidden_size=128,
+            image_size=112,
+        ),
+        adapter=AdapterArch(),
+        llm=LLMArch(
+            num_layers=4, hidden_size=64, num_attention_heads=4, num_query_groups=2, head_dim=16,
+            ffn_hidden_size=160, vocab_size=256, max_position_embeddings=1024,
+            tie_word_embeddings=True,
+        ),
+    ),
+    # The 2B release stores lm_head next to a tied flag and its code uses the stored one.
+    "sailvl2-2b": Preset(
+        vision=_sail_vit_huge(),
+        adapter=AdapterArch(),
+        llm=LLMArch(tie_word_embeddings=False),
+    ),
+    "sailvl2-8b": Preset(
+        vision=_sail_vit_huge(),
+        adapter=AdapterArch(),
+        llm=LLMArch(
+            num_layers=36, hidden_size=4096, num_attention_heads=32, num_query_groups=8,
+            head_dim=128, ffn_hidden_size=12288, tie_word_embeddings=False,
+        ),
+    ),
+}

@@ -1,0 +1,102 @@
+"""The typed configuration of a run: one dataclass per concern, loaded from YAML."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from megatron_sail.config.presets import AdapterArch, LLMArch, VisionArch
+
+FREEZABLE = ("vision", "adapter", "llm")
+RECOMPUTE = (None, "selective", "full")
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "tiny"  # tiny | sailvl2-2b | sailvl2-8b; fills vision/adapter/llm
+    vision: VisionArch = field(default_factory=VisionArch)
+    adapter: AdapterArch = field(default_factory=AdapterArch)
+    llm: LLMArch = field(default_factory=LLMArch)
+    freeze: list[str] = field(default_factory=list)  # any of vision, adapter, llm
+    transformer_impl: str = "local"  # local | transformer_engine (GPU + TE)
+    fp8: Optional[str] = None  # None | hybrid | e4m3 (needs transformer_engine on a GPU)
+    fp8_recipe: str = "delayed"  # delayed | tensorwise (current scaling)
+    vision_recompute: Optional[str] = None  # None | selective | full
+    llm_recompute: Optional[str] = None  # None | selective | full
+    init_std: float = 0.02
+    img_context_token_id: Optional[int] = None  # None: taken from the tokenizer
+
+
+@dataclass
+class ParallelConfig:
+    tensor_model_parallel_size: int = 1
+    pipeline_model_parallel_size: int = 1
+    virtual_pipeline_model_parallel_size: Optional[int] = None
+    expert_model_parallel_size: int = 1
+    sequence_parallel: Optional[bool] = None  # None: on whenever TP > 1
+    # ViT tensor parallelism: equal to TP, or 1 (replicated ViT on every TP rank).
+    # None: TP when it divides the ViT heads, else 1.
+    vision_tensor_parallel_size: Optional[int] = None
+    # LLM layers on pipeline stage 0 next to the ViT (0 allowed). None: an even split.
+    first_stage_llm_layers: Optional[int] = None
+    use_distributed_optimizer: bool = True
+
+
+@dataclass
+class TrainConfig:
+    train_iters: int = 30
+    global_batch_size: int = 8
+    micro_batch_size: int = 2
+    seed: int = 1234
+    log_interval: int = 1
+    exit_interval: Optional[int] = None  # stop (with a checkpoint) after this many iterations
+    eval_interval: Optional[int] = None
+    eval_iters: int = 2
+    precision: str = "fp32"  # fp32 | bf16
+    clip_grad: float = 1.0
+
+
+@dataclass
+class OptimizerConfig:
+    lr: float = 1e-3
+    min_lr: float = 0.0
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
+    lr_warmup_iters: int = 0
+    # None: train_iters of the first start; fixed from then on (a resumed run keeps it).
+    lr_decay_iters: Optional[int] = None
+    lr_decay_style: str = "cosine"  # cosine | linear | constant
+
+
+@dataclass
+class CheckpointConfig:
+    save_interval: Optional[int] = None
+    keep_last: Optional[int] = None  # None keeps every checkpoint
+    load: Optional[str] = None  # weights to start from when output_dir has no checkpoint
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "synthetic"
+    seq_length: int = 64
+    tokenizer: Optional[str] = None  # sentencepiece model; None: train one into the run dir
+    image_size: Optional[int] = None  # None: the ViT's trained image size
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = "runs/tiny"
+    tensorboard: bool = True
+
+
+@dataclass
+class SailConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    run: RunConfig = field(default_factory=RunConfig)

@@ -1,0 +1,163 @@
+"""Run Megatron-Core's real parallel code paths on CPU over gloo.
+
+Megatron-Core assumes CUDA throughout: it creates tensors on ``torch.cuda.current_device()``,
+keeps RNG state in CUDA generators, overlaps communication on CUDA streams and asserts
+``param.type() == 'torch.cuda.FloatTensor'`` in the optimizer. On a CPU-only machine this
+module maps each of those points to its CPU meaning, so TP/PP/EP/DP, the distributed
+optimizer and distributed checkpointing execute unchanged. It is explicit and CPU-only:
+``activate()`` refuses to run when CUDA is available.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import Any
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+_ACTIVE: "_CudaToCpuMode | None" = None
+
+# Tensor.type() strings as the optimizer expects them for CUDA tensors.
+_CPU_TO_CUDA_TYPE = {
+    "torch.FloatTensor": "torch.cuda.FloatTensor",
+    "torch.HalfTensor": "torch.cuda.HalfTensor",
+    "torch.BFloat16Tensor": "torch.cuda.BFloat16Tensor",
+}
+
+
+def _is_cuda_device(device: Any) -> bool:
+    if isinstance(device, int):  # torch.cuda.current_device() results
+        return True
+    if isinstance(device, str):
+        return device.startswith("cuda")
+    if isinstance(device, torch.device):
+        return device.type == "cuda"
+    return False
+
+
+class _CudaToCpuMode(TorchFunctionMode):
+    """Rewrites CUDA ``device=`` arguments to CPU and makes moves to CUDA no-ops."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if _is_cuda_device(kwargs.get("device")):
+            kwargs["device"] = "cpu"
+        if func is torch.Tensor.cuda:
+            return args[0]
+        if func is torch.Tensor.type and len(args) == 1 and not kwargs:
+            name = func(*args)
+            return _CPU_TO_CUDA_TYPE.get(name, name)
+        if func is torch.Tensor.record_stream:
+            return None
+        if func in (torch.Tensor.to,) and len(args) > 1 and _is_cuda_device(args[1]):
+            args = (args[0], "cpu", *args[2:])
+        if func in (torch.Tensor.pin_memory,):
+            return args[0]
+        return func(*args, **kwargs)
+
+
+class _NoopStream:
+    """Stand-in for torch.cuda.Stream/Event: everything runs in program order on CPU."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+class _CpuRngState:
+    """CUDA-RNG API of Megatron's tracker mapped to the CPU default generator."""
+
+    @staticmethod
+    def get(device="cuda", clone: bool = False, graph_safe: bool = False) -> torch.Tensor:
+        return torch.get_rng_state()
+
+    @staticmethod
+    def set(new_state: torch.Tensor, device: int = -1, graph_safe: bool = False) -> None:
+        torch.set_rng_state(new_state)
+
+
+def _patch_megatron_rng() -> None:
+    from megatron.core.tensor_parallel import random as mrandom
+
+    mrandom._get_cuda_rng_state = _CpuRngState.get
+    mrandom._set_cuda_rng_state = _CpuRngState.set
+
+
+def _patch_torch_cuda() -> None:
+    cuda = torch.cuda
+    # Autograd backward runs outside the function mode, so the device that Megatron's
+    # backward passes ask for must already be the CPU.
+    cuda.current_device = lambda: torch.device("cpu")
+    cuda.device_count = lambda: 1
+    cuda.set_device = lambda *a, **k: None
+    cuda.synchronize = lambda *a, **k: None
+    cuda.Stream = _NoopStream
+    cuda.Event = _NoopStream
+    cuda.stream = lambda *a, **k: contextlib.nullcontext()
+    cuda.current_stream = lambda *a, **k: _NoopStream()
+    cuda.default_stream = lambda *a, **k: _NoopStream()
+    cuda.manual_seed = torch.manual_seed
+    cuda.get_rng_state = lambda *a, **k: torch.get_rng_state()
+    cuda.set_rng_state = lambda state, *a, **k: torch.set_rng_state(state)
+    cuda.nvtx.range_push = lambda *a, **k: None
+    cuda.nvtx.range_pop = lambda *a, **k: None
+    cuda.max_memory_allocated = lambda *a, **k: 0
+    cuda.memory_allocated = lambda *a, **k: 0
+
+
+def _patch_megatron_moe() -> None:
+    """megatron-core 0.16.1 without TE leaves ``te_general_gemm`` undefined in moe_utils
+    (reached by the fp32 router) and passes split-size tensors, not lists, to
+    ``all_to_all_single`` for CPU tensors."""
+    try:
+        from megatron.core.transformer.moe import moe_utils
+    except ImportError:  # older/newer layouts
+        return
+    if not hasattr(moe_utils, "te_general_gemm"):
+        moe_utils.te_general_gemm = None
+    try:
+        from megatron.core.tensor_parallel import mappings
+    except ImportError:
+        return
+    original = mappings._AllToAll.forward if hasattr(mappings, "_AllToAll") else None
+    if original is None or getattr(original, "_sail_cpu", False):
+        return
+
+    @functools.wraps(original)
+    def forward(ctx, group, input, output_split_sizes, input_split_sizes):
+        if isinstance(output_split_sizes, torch.Tensor):
+            output_split_sizes = output_split_sizes.tolist()
+        if isinstance(input_split_sizes, torch.Tensor):
+            input_split_sizes = input_split_sizes.tolist()
+        return original(ctx, group, input, output_split_sizes, input_split_sizes)
+
+    forward._sail_cpu = True
+    mappings._AllToAll.forward = staticmethod(forward)
+
+
+def activate() -> None:
+    """Enable the CPU layer for this process (idempotent)."""
+    global _ACTIVE
+    if _ACTIVE is not None:
+        return
+    if torch.cuda.is_available():
+        raise RuntimeError("the CPU compatibility layer must not be used on a CUDA machine")
+    _patch_torch_cuda()
+    _patch_megatron_rng()
+    _patch_megatron_moe()
+    _ACTIVE = _CudaToCpuMode()
+    _ACTIVE.__enter__()
+
+
+def is_active() -> bool:
+    return _ACTIVE is not None

@@ -1,0 +1,107 @@
+"""Process-group start-up from whatever launched us: ``sail train --nproc-per-node``,
+torchrun, srun, or a plain single process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+
+from megatron_sail.config.layout import Layout
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    master_addr: str
+    master_port: int
+    launcher: str  # local | torchrun | slurm | single
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _slurm_master_addr() -> str:
+    nodes = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST")
+    if not nodes:
+        return "127.0.0.1"
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True,
+                             text=True, check=True, timeout=30).stdout.split()
+        return out[0]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return nodes.split(",")[0]
+
+
+def detect_env() -> DistEnv:
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:  # torchrun or our local launcher
+        return DistEnv(
+            rank=int(env["RANK"]), world_size=int(env["WORLD_SIZE"]),
+            local_rank=int(env.get("LOCAL_RANK", 0)),
+            master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
+            master_port=int(env.get("MASTER_PORT", 29500)),
+            launcher=env.get("SAIL_LAUNCHER", "torchrun"),
+        )
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env and "SLURM_STEP_ID" in env:
+        job = int(env.get("SLURM_JOB_ID", "0"))
+        return DistEnv(
+            rank=int(env["SLURM_PROCID"]), world_size=int(env["SLURM_NTASKS"]),
+            local_rank=int(env.get("SLURM_LOCALID", 0)),
+            master_addr=env.get("MASTER_ADDR") or _slurm_master_addr(),
+            master_port=int(env.get("MASTER_PORT") or 20000 + job % 20000),
+            launcher="slurm",
+        )
+    return DistEnv(rank=0, world_size=1, local_rank=0, master_addr="127.0.0.1",
+                   master_port=free_port(), launcher="single")
+
+
+def init_process_group(env: DistEnv) -> None:
+    """NCCL on GPUs; gloo on CPU with the CUDA-to-CPU layer that Megatron-Core needs there."""
+    if torch.cuda.is_available():
+        torch.cuda.set_device(env.local_rank)
+        backend = "nccl"
+    else:
+        from megatron_sail.distributed import cpu_compat
+
+        cpu_compat.activate()
+        backend = "gloo"
+    torch.distributed.init_process_group(
+        backend=backend,
+        init_method=f"tcp://{env.master_addr}:{env.master_port}",
+        rank=env.rank,
+        world_size=env.world_size,
+        timeout=timedelta(minutes=int(os.environ.get("SAIL_DIST_TIMEOUT_MIN", "30"))),
+    )
+
+
+def init_model_parallel(layout: Layout, seed: int) -> None:
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
+
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=layout.tp,
+        pipeline_model_parallel_size=layout.pp,
+        virtual_pipeline_model_parallel_size=layout.vpp if layout.vpp > 1 else None,
+    )
+    # One seed for every rank: no stage- or rank-dependent randomness (dropout is off and
+    # weights come from the layout-independent initialiser).
+    torch.manual_seed(seed)
+    model_parallel_cuda_manual_seed(seed)
+
+
+def shutdown() -> None:
+    from megatron.core import parallel_state
+
+    if torch.distributed.is_initialized():
+        parallel_state.destroy_model_parallel()
+        torch.distributed.destroy_process_group()

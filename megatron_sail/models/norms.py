@@ -1,0 +1,40 @@
+"""Normalisation layers usable in Megatron-Core specs, with sequence parallelism.
+
+Megatron's local specs wrap plain torch norms, which refuse sequence parallelism. These
+norms mark their weights ``sequence_parallel`` so Megatron's ``finalize_model_grads``
+sums their gradients over the tensor-parallel group, the same contract TE's norms follow.
+"""
+
+from __future__ import annotations
+
+import torch
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+
+class RMSNorm(torch.nn.Module):
+    """``weight * (x / rms(x))`` computed in fp32, as the SAIL-ViT and Qwen3 references do."""
+
+    def __init__(self, config: TransformerConfig, hidden_size: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = torch.nn.Parameter(torch.ones(hidden_size, dtype=config.params_dtype))
+        setattr(self.weight, "sequence_parallel", config.sequence_parallel)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * normed.to(x.dtype)
+
+
+class LayerNorm(torch.nn.LayerNorm):
+    """torch LayerNorm (with bias) taking Megatron's norm constructor arguments."""
+
+    def __init__(self, config: TransformerConfig, hidden_size: int, eps: float = 1e-5):
+        super().__init__(hidden_size, eps=eps, dtype=config.params_dtype)
+        for p in self.parameters():
+            setattr(p, "sequence_parallel", config.sequence_parallel)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.layer_norm(
+            x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps
+        ).to(x.dtype)

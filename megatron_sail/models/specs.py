@@ -1,0 +1,64 @@
+"""Layer specs: which module builds each part of a SAIL-ViT block or a Qwen3 layer.
+
+Two backends, chosen by ``model.transformer_impl``: Megatron-Core's local modules with our
+sequence-parallel RMSNorm (CPU and GPU), or Transformer Engine modules (GPU; import-guarded
+so that nothing here needs TE unless it is asked for).
+"""
+
+from __future__ import annotations
+
+import copy
+
+from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+from megatron.core.transformer.enums import AttnMaskType
+from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
+
+from megatron_sail.models.norms import RMSNorm
+
+
+def _local_layer_spec(qk_norm: bool) -> ModuleSpec:
+    spec = copy.deepcopy(get_gpt_layer_local_spec(qk_layernorm=qk_norm, normalization="RMSNorm"))
+    spec.submodules.input_layernorm = RMSNorm
+    spec.submodules.pre_mlp_layernorm = RMSNorm
+    attention = spec.submodules.self_attention.submodules
+    if qk_norm:
+        attention.q_layernorm = RMSNorm
+        attention.k_layernorm = RMSNorm
+    return spec
+
+
+def _te_layer_spec(qk_norm: bool) -> ModuleSpec:
+    try:
+        from megatron.core.models.gpt.gpt_layer_specs import (
+            get_gpt_layer_with_transformer_engine_spec,
+        )
+
+        return copy.deepcopy(get_gpt_layer_with_transformer_engine_spec(qk_layernorm=qk_norm))
+    except (ImportError, AssertionError) as exc:  # TE missing or unusable
+        raise RuntimeError(f"Transformer Engine layer specs are unavailable: {exc}") from exc
+
+
+def _final_norm(impl: str):
+    if impl == "transformer_engine":
+        from megatron.core.extensions.transformer_engine import TENorm
+
+        return TENorm
+    return RMSNorm
+
+
+def llm_block_spec(impl: str, num_local_layers: int) -> TransformerBlockSubmodules:
+    """Qwen3 decoder layers: causal GQA with per-head q/k RMSNorm, SwiGLU, RMSNorm."""
+    layer = _te_layer_spec(True) if impl == "transformer_engine" else _local_layer_spec(True)
+    return TransformerBlockSubmodules(
+        layer_specs=[layer] * num_local_layers, layer_norm=_final_norm(impl)
+    )
+
+
+def vision_block_spec(impl: str, num_layers: int, final_norm: bool) -> TransformerBlockSubmodules:
+    """SAIL-ViT blocks: the same layer with bidirectional attention and no q/k norm."""
+    layer = _te_layer_spec(False) if impl == "transformer_engine" else _local_layer_spec(False)
+    layer.submodules.self_attention.params = {"attn_mask_type": AttnMaskType.no_mask}
+    return TransformerBlockSubmodules(
+        layer_specs=[layer] * num_layers, layer_norm=_final_norm(impl) if final_norm else None
+    )

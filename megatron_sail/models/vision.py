@@ -1,0 +1,71 @@
+"""SAIL-ViT: conv patchify -> RMSNorm -> learned absolute positions -> bidirectional blocks."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from megatron.core.process_groups_config import ProcessGroupCollection
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.transformer_block import TransformerBlock
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from megatron_sail.config.presets import VisionArch
+from megatron_sail.models.norms import RMSNorm
+from megatron_sail.models.specs import vision_block_spec
+
+
+def num_vision_blocks(arch: VisionArch) -> tuple[int, bool]:
+    """Blocks to build for ``select_layer`` and whether the final norm applies.
+
+    -1 (the release) is the last block followed by the final RMSNorm; any other value k picks
+    ``hidden_states[k]`` of the reference (k blocks, or L + 1 + k when negative), unnormed.
+    """
+    k = arch.select_layer
+    if k == -1:
+        return arch.num_layers, True
+    return (k if k >= 0 else arch.num_layers + 1 + k), False
+
+
+def interpolate_pos_embed(pos_embed: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
+    """Resize learned positions [g*g, C] to a [h, w] patch grid (bicubic): the AnyRes path."""
+    tokens, channels = pos_embed.shape
+    side = math.isqrt(tokens)
+    if (side, side) == tuple(grid_hw):
+        return pos_embed
+    grid = pos_embed.reshape(1, side, side, channels).permute(0, 3, 1, 2).float()
+    grid = F.interpolate(grid, size=grid_hw, mode="bicubic", align_corners=False)
+    return grid.permute(0, 2, 3, 1).reshape(grid_hw[0] * grid_hw[1], channels).to(pos_embed.dtype)
+
+
+class SailViT(MegatronModule):
+    """Maps pixel tiles [N, 3, H, W] to patch features [N, H/14, W/14, C]."""
+
+    def __init__(self, config: TransformerConfig, arch: VisionArch, impl: str,
+                 pg_collection: ProcessGroupCollection):
+        super().__init__(config=config)
+        self.arch = arch
+        channels, patch = arch.hidden_size, arch.patch_size
+        self.patch_embed = torch.nn.Conv2d(3, channels, patch, stride=patch, bias=True,
+                                           dtype=config.params_dtype)
+        self.patch_norm = RMSNorm(config, channels, eps=arch.norm_eps)
+        grid = arch.image_size // patch
+        self.pos_embed = torch.nn.Parameter(torch.empty(grid * grid, channels, dtype=config.params_dtype))
+        blocks, final_norm = num_vision_blocks(arch)
+        self.blocks = TransformerBlock(
+            config=config,
+            spec=vision_block_spec(impl, blocks, final_norm),
+            post_layer_norm=final_norm,
+            pre_process=True,
+            post_process=True,
+            pg_collection=pg_collection,
+        )
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(pixel_values.to(self.patch_embed.weight.dtype))  # [N, C, h, w]
+        n, c, h, w = x.shape
+        x = x.flatten(2).transpose(1, 2)  # row-major patches [N, h*w, C]
+        x = self.patch_norm(x) + interpolate_pos_embed(self.pos_embed, (h, w))
+        x = self.blocks(hidden_states=x.transpose(0, 1).contiguous(), attention_mask=None)
+        return x.transpose(0, 1).reshape(n, h, w, c)

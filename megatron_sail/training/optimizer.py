@@ -1,0 +1,66 @@
+"""Megatron-Core DDP, distributed optimizer and warm-up + cosine schedule for a config."""
+
+from __future__ import annotations
+
+import torch
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+from megatron.core.optimizer import OptimizerConfig as MegatronOptimizerConfig
+from megatron.core.optimizer import get_megatron_optimizer
+from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+from megatron_sail.config.schema import SailConfig
+
+
+def wrap_ddp(cfg: SailConfig, chunks, llm_config) -> list[DistributedDataParallel]:
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True,
+        overlap_grad_reduce=False,
+        use_distributed_optimizer=cfg.parallel.use_distributed_optimizer,
+    )
+    return [
+        DistributedDataParallel(llm_config, ddp_config, chunk,
+                                # VPP chunks after the first share the buffers' bucketing rules
+                                disable_bucketing=i > 0)
+        for i, chunk in enumerate(chunks)
+    ]
+
+
+def build_optimizer(cfg: SailConfig, ddp_chunks):
+    opt = cfg.optimizer
+    return get_megatron_optimizer(
+        MegatronOptimizerConfig(
+            optimizer="adam",
+            lr=opt.lr,
+            min_lr=opt.min_lr,
+            weight_decay=opt.weight_decay,
+            adam_beta1=opt.adam_beta1,
+            adam_beta2=opt.adam_beta2,
+            adam_eps=opt.adam_eps,
+            clip_grad=cfg.train.clip_grad,
+            bf16=cfg.train.precision == "bf16",
+            params_dtype=torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32,
+            use_distributed_optimizer=cfg.parallel.use_distributed_optimizer,
+        ),
+        ddp_chunks,
+    )
+
+
+def build_scheduler(cfg: SailConfig, optimizer, lr_decay_iters: int) -> OptimizerParamScheduler:
+    """Lengths are explicit iteration counts, so raising train_iters later keeps the curve."""
+    opt = cfg.optimizer
+    warmup = min(opt.lr_warmup_iters, lr_decay_iters)
+    return OptimizerParamScheduler(
+        optimizer,
+        init_lr=0.0 if warmup else opt.lr,
+        max_lr=opt.lr,
+        min_lr=opt.min_lr,
+        lr_warmup_steps=warmup,
+        lr_decay_steps=lr_decay_iters,
+        lr_decay_style=opt.lr_decay_style,
+        start_wd=opt.weight_decay,
+        end_wd=opt.weight_decay,
+        wd_incr_steps=lr_decay_iters,
+        wd_incr_style="constant",
+        use_checkpoint_opt_param_scheduler=True,
+        override_opt_param_scheduler=False,
+    )

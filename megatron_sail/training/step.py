@@ -1,0 +1,92 @@
+"""One training or evaluation step through Megatron's pipeline schedules.
+
+The loss of a micro-batch is the *sum* of its token losses plus its token count; Megatron
+(``calculate_per_token_loss``) divides gradients by the global count, so the update equals
+that of the mean over all loss tokens of the global batch, whatever the layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Optional
+
+import torch
+from megatron.core import parallel_state
+from megatron.core.pipeline_parallel import get_forward_backward_func
+
+from megatron_sail.data.batches import MicroBatch
+
+
+def comm_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() \
+        else torch.device("cpu")
+
+
+def _loss_func(loss_mask: torch.Tensor, per_token_loss: torch.Tensor):
+    mask = loss_mask.to(per_token_loss.device).float()
+    loss_sum = (per_token_loss.float() * mask).sum()
+    num_tokens = mask.sum().to(torch.int)
+    return loss_sum, num_tokens, {"loss": torch.stack([loss_sum.detach(), num_tokens.float()])}
+
+
+def _forward_step(data_iterator, model):
+    batch: Optional[MicroBatch] = next(data_iterator)
+    if batch is None:  # a middle pipeline stage: hidden states come from the previous stage
+        return model(None, None), None
+    output = model(batch.tokens, batch.position_ids, labels=batch.labels,
+                   pixel_values=batch.pixel_values)
+    return output, partial(_loss_func, batch.loss_mask)
+
+
+@dataclass
+class StepResult:
+    loss_sum: float
+    num_tokens: float
+    grad_norm: Optional[float] = None
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(self.num_tokens, 1.0)
+
+
+def _reduce_losses(losses_reduced: list) -> tuple[float, float]:
+    """Global (loss_sum, num_tokens) over all micro-batches and DP ranks, known on all ranks."""
+    total = torch.zeros(2, dtype=torch.float64, device=comm_device())
+    if parallel_state.is_pipeline_last_stage() and parallel_state.get_tensor_model_parallel_rank() == 0:
+        for item in losses_reduced:
+            total += item["loss"].to(total)
+    torch.distributed.all_reduce(total)
+    return float(total[0]), float(total[1])
+
+
+def _iterators(model_chunks, microbatches: list[MicroBatch]):
+    """One iterator per model chunk; only chunks with the embedding or the loss need data."""
+    iterators = []
+    for chunk in model_chunks:
+        needs_data = chunk.module.pre_process or chunk.module.post_process
+        iterators.append(iter(microbatches if needs_data else [None] * len(microbatches)))
+    return iterators if len(iterators) > 1 else iterators[0]
+
+
+def run_step(model_chunks, optimizer, scheduler, microbatches: list[MicroBatch],
+             seq_length: int, micro_batch_size: int, forward_only: bool = False) -> StepResult:
+    if not forward_only:
+        for chunk in model_chunks:
+            chunk.zero_grad_buffer()
+        optimizer.zero_grad()
+    losses = get_forward_backward_func()(
+        forward_step_func=_forward_step,
+        data_iterator=_iterators(model_chunks, microbatches),
+        model=model_chunks,
+        num_microbatches=len(microbatches),
+        seq_length=seq_length,
+        micro_batch_size=micro_batch_size,
+        forward_only=forward_only,
+    )
+    grad_norm = None
+    if not forward_only:
+        scheduler.step(increment=1)  # iteration k runs with the schedule's lr at step k
+        _, grad_norm, _ = optimizer.step()
+    loss_sum, num_tokens = _reduce_losses(losses)
+    return StepResult(loss_sum, num_tokens, grad_norm)

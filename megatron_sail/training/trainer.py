@@ -1,0 +1,249 @@
+"""The training loop, top to bottom: set up, resume, step, log, evaluate, checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import torch
+from megatron.core import parallel_state
+from megatron.core.distributed import finalize_model_grads
+
+from megatron_sail.checkpointing.dist_ckpt import load_checkpoint, save_checkpoint
+from megatron_sail.checkpointing.layout_files import (
+    CheckpointError, latest_checkpoint, resolve_checkpoint,
+)
+from megatron_sail.config import ConfigError, SailConfig, config_to_dict, save_config
+from megatron_sail.config.layout import Layout, resolve_layout
+from megatron_sail.data.batches import GlobalBatches
+from megatron_sail.data.synthetic_dataset import SyntheticCaptionDataset
+from megatron_sail.data.tokenizer import SentencePieceTokenizer, load_or_train_synthetic_tokenizer
+from megatron_sail.distributed.runtime import DistEnv, init_model_parallel, init_process_group
+from megatron_sail.models.builder import build_model
+from megatron_sail.training.metrics import MetricsWriter, Progress, truncate_after
+from megatron_sail.training.optimizer import build_optimizer, build_scheduler, wrap_ddp
+from megatron_sail.training.signals import StopRequest
+from megatron_sail.training.step import run_step
+
+
+@dataclasses.dataclass
+class TrainState:
+    iteration: int = 0
+    consumed_samples: int = 0
+    lr_decay_iters: int = 0
+
+
+def transformer_engine_available() -> bool:
+    try:
+        import transformer_engine  # noqa: F401
+    except Exception:  # ImportError, or OSError for missing CUDA libraries
+        return False
+    return True
+
+
+def _print0(*args) -> None:
+    if torch.distributed.get_rank() == 0:
+        print(*args, flush=True)
+
+
+def _lr_decay_iters(cfg: SailConfig) -> int:
+    """Explicit, or train_iters of the first start (at least one step past warm-up)."""
+    opt = cfg.optimizer
+    if opt.lr_decay_iters is None:
+        return max(cfg.train.train_iters, opt.lr_warmup_iters + 1)
+    if opt.lr_decay_style != "constant" and opt.lr_decay_iters <= opt.lr_warmup_iters:
+        raise ConfigError(f"optimizer.lr_decay_iters={opt.lr_decay_iters} must exceed "
+                          f"optimizer.lr_warmup_iters={opt.lr_warmup_iters}")
+    return opt.lr_decay_iters
+
+
+def _tokenizer(cfg: SailConfig, output_dir: Path) -> SentencePieceTokenizer:
+    if cfg.data.tokenizer:
+        return SentencePieceTokenizer(cfg.data.tokenizer)
+    path = output_dir / "tokenizer.model"
+    if torch.distributed.get_rank() == 0:
+        load_or_train_synthetic_tokenizer(str(path))
+    torch.distributed.barrier()
+    return SentencePieceTokenizer(str(path))
+
+
+def _check_compatible(stored: dict, cfg: SailConfig, ckpt: Path) -> None:
+    """Architecture must match; parallel layout, batch sizes and lengths may change."""
+    current = config_to_dict(cfg)["model"]
+    for part in ("vision", "adapter", "llm"):
+        for key, value in stored["model"][part].items():
+            if current[part].get(key) != value:
+                raise CheckpointError(
+                    f"{ckpt}: incompatible with this config: model.{part}.{key} is "
+                    f"{value!r} in the checkpoint but {current[part].get(key)!r} now")
+
+
+def _dataset(cfg: SailConfig, tokenizer, split: str) -> SyntheticCaptionDataset:
+    vit = cfg.model.vision
+    image_size = cfg.data.image_size or vit.image_size
+    tokens_per_image = (image_size // vit.patch_size // 2) ** 2
+    return SyntheticCaptionDataset(tokenizer, seed=cfg.train.seed, image_size=image_size,
+                                   num_image_tokens=tokens_per_image,
+                                   seq_length=cfg.data.seq_length, split=split)
+
+
+class Trainer:
+    def __init__(self, cfg: SailConfig, env: DistEnv):
+        self.cfg, self.env = cfg, env
+        init_process_group(env)
+        self.layout: Layout = resolve_layout(cfg, env.world_size, torch.cuda.is_available(),
+                                             transformer_engine_available())
+        init_model_parallel(self.layout, cfg.train.seed)
+        self.output_dir = Path(cfg.run.output_dir)
+        self.ckpt_root = self.output_dir / "checkpoints"
+        if env.rank == 0:
+            self.ckpt_root.mkdir(parents=True, exist_ok=True)
+        torch.distributed.barrier()
+
+        tokenizer = _tokenizer(cfg, self.output_dir)
+        if tokenizer.vocab_size > cfg.model.llm.vocab_size:
+            raise ConfigError(f"tokenizer has {tokenizer.vocab_size} tokens but "
+                              f"model.llm.vocab_size is {cfg.model.llm.vocab_size}")
+        if cfg.model.img_context_token_id is None:
+            cfg.model.img_context_token_id = tokenizer.img_context_id
+
+        build = build_model(cfg, self.layout, cfg.model.img_context_token_id)
+        self.model = wrap_ddp(cfg, build.chunks, build.llm_config)
+        self.optimizer = build_optimizer(cfg, self.model)
+        llm_config = build.llm_config
+        llm_config.finalize_model_grads_func = finalize_model_grads
+        llm_config.grad_scale_func = self.optimizer.scale_loss
+        no_sync = [m.no_sync for m in self.model]
+        llm_config.no_sync_func = no_sync[0] if len(no_sync) == 1 else no_sync
+
+        self.state = TrainState(lr_decay_iters=_lr_decay_iters(cfg))
+        common = self._resume_or_init()
+        self.scheduler = build_scheduler(cfg, self.optimizer, self.state.lr_decay_iters)
+        if common.get("scheduler"):
+            self.scheduler.load_state_dict(common["scheduler"])
+        cfg.optimizer.lr_decay_iters = self.state.lr_decay_iters
+
+        dp_rank = parallel_state.get_data_parallel_rank()
+        train = cfg.train
+        self.batches = GlobalBatches(_dataset(cfg, tokenizer, "train"), train.global_batch_size,
+                                     train.micro_batch_size, dp_rank, self.layout.dp)
+        self.val_batches = GlobalBatches(_dataset(cfg, tokenizer, "val"), train.global_batch_size,
+                                         train.micro_batch_size, dp_rank, self.layout.dp)
+        self.needs_data = any(m.module.pre_process or m.module.post_process for m in self.model)
+
+        self.metrics = None
+        if env.rank == 0:
+            save_config(cfg, self.output_dir / "config.yaml")
+            truncate_after(self.output_dir / "metrics.jsonl", self.state.iteration)
+            self.metrics = MetricsWriter(self.output_dir, cfg.run.tensorboard)
+        self.stop = StopRequest()
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def _resume_or_init(self) -> dict:
+        latest = latest_checkpoint(self.ckpt_root)
+        if latest is not None:
+            common = load_checkpoint(latest, self.model, self.optimizer)
+            _check_compatible(common["config"], self.cfg, latest)
+            self.state = TrainState(**common["train_state"])
+            _print0(f"resumed from {latest} at iteration {self.state.iteration}")
+            return common
+        if self.cfg.checkpoint.load:
+            source = resolve_checkpoint(self.cfg.checkpoint.load)
+            common = load_checkpoint(source, self.model, optimizer=None, restore_rng=False)
+            _check_compatible(common["config"], self.cfg, source)
+            _print0(f"initialised weights from {source}")
+        return {}
+
+    def save(self) -> Path:
+        it = self.state.iteration
+        common = {
+            "train_state": dataclasses.asdict(self.state),
+            "scheduler": self.scheduler.state_dict(),
+            "config": config_to_dict(self.cfg),
+        }
+        marker = {
+            "iteration": it,
+            "consumed_samples": self.state.consumed_samples,
+            "pp_tp": [self.layout.pp, self.layout.tp],
+            "layout": dataclasses.asdict(self.layout),
+            "format": "megatron-dist-ckpt/torch_dist",
+        }
+        path = save_checkpoint(self.ckpt_root, it, self.model, self.optimizer, common, marker,
+                               self.cfg.checkpoint.keep_last)
+        _print0(f"saved checkpoint {path}")
+        return path
+
+    # -- steps ----------------------------------------------------------------------------
+    def _microbatches(self, batches: GlobalBatches, consumed: int) -> list:
+        if self.needs_data:
+            return batches.microbatches(consumed)
+        return [None] * batches.num_microbatches
+
+    def evaluate(self) -> float:
+        loss_sum = tokens = 0.0
+        for k in range(self.cfg.train.eval_iters):
+            result = run_step(self.model, self.optimizer, self.scheduler,
+                              self._microbatches(self.val_batches, k * self.cfg.train.global_batch_size),
+                              self.cfg.data.seq_length, self.cfg.train.micro_batch_size,
+                              forward_only=True)
+            loss_sum, tokens = loss_sum + result.loss_sum, tokens + result.num_tokens
+        return loss_sum / max(tokens, 1.0)
+
+    def train(self) -> int:
+        cfg, state = self.cfg, self.state
+        train = cfg.train
+        lay = self.layout
+        _print0(f"layout: world {lay.world_size} = TP {lay.tp} x PP {lay.pp} x DP {lay.dp}"
+                f" (VPP {lay.vpp}, SP {lay.sequence_parallel}, vision TP {lay.vision_tp}),"
+                f" {lay.num_microbatches} micro-batches/step, output {self.output_dir}")
+        progress = Progress(state.iteration, train.train_iters)
+        last_saved = state.iteration if state.iteration else None
+        while state.iteration < train.train_iters:
+            for chunk in self.model:
+                chunk.train()
+            t0 = time.perf_counter()
+            result = run_step(self.model, self.optimizer, self.scheduler,
+                              self._microbatches(self.batches, state.consumed_samples),
+                              cfg.data.seq_length, train.micro_batch_size)
+            elapsed = time.perf_counter() - t0
+            state.iteration += 1
+            state.consumed_samples += train.global_batch_size
+            record = {
+                "iteration": state.iteration,
+                "loss": result.loss,
+                "lr": self.scheduler.get_lr(self.optimizer.param_groups[0]),
+                "grad_norm": float(result.grad_norm) if result.grad_norm is not None else None,
+                "tokens_per_sec": train.global_batch_size * cfg.data.seq_length / elapsed,
+                "loss_tokens": int(result.num_tokens),
+                "consumed_samples": state.consumed_samples,
+                "step_time_s": elapsed,
+            }
+            if train.eval_interval and state.iteration % train.eval_interval == 0:
+                for chunk in self.model:
+                    chunk.eval()
+                record["val_loss"] = self.evaluate()
+            if self.metrics and (state.iteration % train.log_interval == 0
+                                 or state.iteration == train.train_iters):
+                self.metrics.write(record)
+                progress.show(state.iteration, record["loss"], record["lr"],
+                              f"val {record['val_loss']:.4f}" if "val_loss" in record else None)
+
+            stop = self.stop.agreed()
+            interval = cfg.checkpoint.save_interval
+            exit_now = bool(train.exit_interval and state.iteration % train.exit_interval == 0)
+            if stop or exit_now or (interval and state.iteration % interval == 0):
+                self.save()
+                last_saved = state.iteration
+            if stop or exit_now:
+                why = f"signal {self.stop.received}" if stop else f"exit_interval {train.exit_interval}"
+                _print0(f"stopping at iteration {state.iteration} ({why}); rerun to resume")
+                return 0
+        if last_saved != state.iteration:
+            self.save()
+        _print0(f"done: {state.iteration} iterations")
+        return 0
+
+    def close(self) -> None:
+        if self.metrics:
+            self.metrics.close()
