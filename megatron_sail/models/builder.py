@@ -27,6 +27,10 @@ def _dtype(cfg: SailConfig) -> torch.dtype:
     return torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
 
 
+def _keep(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
+
+
 def _recompute(kind: Optional[str]) -> dict:
     if kind == "full":
         return dict(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
@@ -45,7 +49,12 @@ def _common(cfg: SailConfig) -> dict:
         bf16=dtype == torch.bfloat16,
         hidden_dropout=0.0,
         attention_dropout=0.0,
-        perform_initialization=False,  # initialize_weights() draws layout-independent values
+        # Megatron sets the tensor-parallel attributes of weights inside its initialisers, so
+        # they run - as no-ops: initialize_weights() draws the layout-independent values.
+        perform_initialization=True,
+        init_method=_keep,
+        output_layer_init_method=_keep,
+        embedding_init_method=_keep,
         use_cpu_initialization=not on_gpu,
         gradient_accumulation_fusion=False,
         bias_activation_fusion=False,

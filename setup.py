@@ -1,0 +1,32 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+# Compatible ranges: installs into a cluster's own torch / Transformer Engine container without
+# replacing its torch. The exact versions tested here are pinned in constraints.txt.
+setup(
+    name="megatron-sail",
+    version="0.1.0",
+    description="Train SAIL-VL2 vision-language models on Megatron-Core",
+    long_description=Path(__file__).with_name("README.md").read_text(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["megatron_sail", "megatron_sail.*"]),
+    install_requires=[
+        "torch>=2.4",
+        "megatron-core>=0.16.1",
+        "numpy>=1.24",
+        "pyyaml>=6.0",
+        "sentencepiece>=0.2",
+        "pillow>=10.0",
+        "tensorboard>=2.14",
+        "safetensors>=0.4",
+        "psutil>=5.9",
+        "matplotlib>=3.7",
+    ],
+    extras_require={
+        "te": ["transformer-engine[pytorch]>=1.13"],
+        "test": ["pytest>=8.0", "transformers>=4.57"],
+    },
+    entry_points={"console_scripts": ["sail=megatron_sail.cli:main"]},
+)
