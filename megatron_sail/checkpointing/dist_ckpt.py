@@ -32,8 +32,14 @@ def _metadata() -> dict:
     }
 
 
+def _unwrap(chunks) -> list:
+    """Model chunks without their DDP wrapper: checkpoint keys are the model's own."""
+    return [getattr(chunk, "module", chunk) for chunk in chunks]
+
+
 def model_sharded_state_dict(chunks) -> dict:
     meta = _metadata()
+    chunks = _unwrap(chunks)
     if len(chunks) == 1:
         return {"model": chunks[0].sharded_state_dict(metadata=meta)}
     return {f"model{i}": c.sharded_state_dict(metadata=meta) for i, c in enumerate(chunks)}
@@ -89,12 +95,34 @@ def save_checkpoint(root: Path, iteration: int, chunks, optimizer, common: dict,
     return final
 
 
+@torch.no_grad()
+def _materialise_optimizer_state(optimizer) -> None:
+    """Give a fresh optimizer its per-parameter state (Adam moments and step) so that
+    Megatron's distributed optimizer can describe - and then overwrite - it on load. A step
+    with zero gradients, lr 0 and no weight decay leaves the parameters unchanged."""
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = opt.optimizer
+        if inner.state:
+            continue
+        saved = [(g["lr"], g.get("weight_decay", 0.0)) for g in inner.param_groups]
+        for group in inner.param_groups:
+            group["lr"], group["weight_decay"] = 0.0, 0.0
+            for param in group["params"]:
+                param.grad = torch.zeros_like(param)
+        inner.step()
+        for group, (lr, wd) in zip(inner.param_groups, saved):
+            group["lr"], group["weight_decay"] = lr, wd
+            for param in group["params"]:
+                param.grad = None
+
+
 def load_checkpoint(ckpt_dir: Path, chunks, optimizer=None, restore_rng: bool = True) -> dict:
     """Collective. Loads model (and optimizer) state in place; returns the common state."""
     ckpt_dir = Path(ckpt_dir)
     marker = read_marker(ckpt_dir)
     state = model_sharded_state_dict(chunks)
     if optimizer is not None:
+        _materialise_optimizer_state(optimizer)
         state["optimizer"] = optimizer.sharded_state_dict(state, is_loading=True,
                                                           metadata=_metadata())
     same_layout = marker.get("pp_tp") == [parallel_state.get_pipeline_model_parallel_world_size(),
@@ -105,11 +133,8 @@ def load_checkpoint(ckpt_dir: Path, chunks, optimizer=None, restore_rng: bool = 
         loaded = dist_checkpointing.load(state, str(ckpt_dir))
     except Exception as exc:  # dist_checkpointing raises many types; all mean "cannot load"
         raise CheckpointError(f"{ckpt_dir}: cannot load checkpoint: {exc}") from exc
-    if len(chunks) == 1:
-        chunks[0].load_state_dict(loaded["model"])
-    else:
-        for i, chunk in enumerate(chunks):
-            chunk.load_state_dict(loaded[f"model{i}"])
+    for i, chunk in enumerate(_unwrap(chunks)):
+        chunk.load_state_dict(loaded["model" if len(chunks) == 1 else f"model{i}"])
     if optimizer is not None:
         optimizer.load_state_dict(loaded["optimizer"])
     if "rng_state" in loaded:

@@ -145,6 +145,47 @@ def _patch_megatron_moe() -> None:
     mappings._AllToAll.forward = staticmethod(forward)
 
 
+def _patch_megatron_torch_adam_reshard() -> None:
+    """Without apex/TE (CPU), Megatron uses torch's Adam, whose per-parameter state has a
+    ``step`` tensor. The fully reshardable loader copies every state key from the checkpoint,
+    which stores ``step`` in the param groups instead, and fails on it; ``step`` is already
+    restored from the param groups by then, so only the tensors in the checkpoint are copied."""
+    from megatron.core.optimizer import distrib_optimizer as dopt
+
+    if getattr(dopt, "HAVE_APEX_OR_TE", True):
+        return
+    original = dopt.DistributedOptimizer._set_main_param_and_optimizer_states
+    if getattr(original, "_sail_cpu", False):
+        return
+
+    @functools.wraps(original)
+    def set_states(self, model_param, tensors):
+        if not self.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8:
+            group_index, group_order = self.model_param_group_index_map[model_param]
+            main_param = self.optimizer.param_groups[group_index]["params"][group_order]
+            dst = {"param": main_param, **self.optimizer.state[main_param]}
+            for key, value in tensors.items():
+                dst[key].copy_(value)
+            return
+        original(self, model_param, tensors)
+
+    set_states._sail_cpu = True
+    dopt.DistributedOptimizer._set_main_param_and_optimizer_states = set_states
+
+    # The loader also hands one shared ``step`` tensor to every parameter; torch's Adam
+    # increments it in place per parameter, which would corrupt bias correction.
+    load = dopt.DistributedOptimizer.load_state_dict
+
+    @functools.wraps(load)
+    def load_state_dict(self, state_dict):
+        load(self, state_dict)
+        for state in self.optimizer.state.values():
+            if isinstance(state.get("step"), torch.Tensor):
+                state["step"] = state["step"].clone()
+
+    dopt.DistributedOptimizer.load_state_dict = load_state_dict
+
+
 def activate() -> None:
     """Enable the CPU layer for this process (idempotent)."""
     global _ACTIVE
@@ -155,6 +196,7 @@ def activate() -> None:
     _patch_torch_cuda()
     _patch_megatron_rng()
     _patch_megatron_moe()
+    _patch_megatron_torch_adam_reshard()
     _ACTIVE = _CudaToCpuMode()
     _ACTIVE.__enter__()
 
