@@ -11,12 +11,13 @@ from __future__ import annotations
 import random
 import shutil
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 from megatron.core import dist_checkpointing, parallel_state
 from megatron.core.dist_checkpointing.mapping import ShardedObject
+from torch.distributed.checkpoint.api import CheckpointException as TorchCheckpointException
 
 from megatron_sail.checkpointing.layout_files import (
     CheckpointError, iteration_dir, publish, read_marker,
@@ -70,6 +71,11 @@ def _rng_object(state) -> ShardedObject:
     )
 
 
+def _has_params(optimizer) -> bool:
+    """A pipeline stage whose parts are all frozen owns no optimizer state to save or load."""
+    return optimizer is not None and any(g["params"] for g in optimizer.param_groups)
+
+
 def save_checkpoint(root: Path, iteration: int, chunks, optimizer, common: dict,
                     marker: dict, keep_last: Optional[int] = None) -> Path:
     """Collective: every rank calls it. ``common`` (plain values) is stored once."""
@@ -83,7 +89,7 @@ def save_checkpoint(root: Path, iteration: int, chunks, optimizer, common: dict,
         tmp.mkdir(parents=True)
     torch.distributed.barrier()
     state = model_sharded_state_dict(chunks)
-    if optimizer is not None:
+    if _has_params(optimizer):
         state["optimizer"] = optimizer.sharded_state_dict(state, metadata=_metadata())
     state["rng_state"] = _rng_object(_rng_state())
     state[COMMON_KEY] = common
@@ -116,11 +122,28 @@ def _materialise_optimizer_state(optimizer) -> None:
                 param.grad = None
 
 
-def load_checkpoint(ckpt_dir: Path, chunks, optimizer=None, restore_rng: bool = True) -> dict:
-    """Collective. Loads model (and optimizer) state in place; returns the common state."""
+def load_common(ckpt_dir: Path) -> dict:
+    """The checkpoint's plain (non-tensor) state: config, train state, scheduler."""
+    try:
+        common = dist_checkpointing.load_common_state_dict(str(ckpt_dir))
+    except (Exception, TorchCheckpointException) as exc:
+        raise CheckpointError(f"{ckpt_dir}: unreadable common state: {exc}") from exc
+    if COMMON_KEY not in common:
+        raise CheckpointError(f"{ckpt_dir}: not written by megatron_sail (no '{COMMON_KEY}' state)")
+    return common[COMMON_KEY]
+
+
+def load_checkpoint(ckpt_dir: Path, chunks, optimizer=None, restore_rng: bool = True,
+                    validate: Optional[Callable[[dict], None]] = None) -> dict:
+    """Collective. Loads model (and optimizer) state in place; returns the common state.
+    ``validate(common)`` runs before any tensor is read (e.g. an architecture check)."""
     ckpt_dir = Path(ckpt_dir)
     marker = read_marker(ckpt_dir)
+    common = load_common(ckpt_dir)
+    if validate is not None:
+        validate(common)
     state = model_sharded_state_dict(chunks)
+    optimizer = optimizer if _has_params(optimizer) else None
     if optimizer is not None:
         _materialise_optimizer_state(optimizer)
         state["optimizer"] = optimizer.sharded_state_dict(state, is_loading=True,
@@ -131,7 +154,7 @@ def load_checkpoint(ckpt_dir: Path, chunks, optimizer=None, restore_rng: bool = 
         state["rng_state"] = _rng_object(None)
     try:
         loaded = dist_checkpointing.load(state, str(ckpt_dir))
-    except Exception as exc:  # dist_checkpointing raises many types; all mean "cannot load"
+    except (Exception, TorchCheckpointException) as exc:  # all mean "cannot load"
         raise CheckpointError(f"{ckpt_dir}: cannot load checkpoint: {exc}") from exc
     for i, chunk in enumerate(_unwrap(chunks)):
         chunk.load_state_dict(loaded["model" if len(chunks) == 1 else f"model{i}"])
@@ -139,4 +162,4 @@ def load_checkpoint(ckpt_dir: Path, chunks, optimizer=None, restore_rng: bool = 
         optimizer.load_state_dict(loaded["optimizer"])
     if "rng_state" in loaded:
         _restore_rng(loaded["rng_state"])
-    return loaded.get(COMMON_KEY, {})
+    return common

@@ -143,15 +143,15 @@ class Trainer:
     def _resume_or_init(self) -> dict:
         latest = latest_checkpoint(self.ckpt_root)
         if latest is not None:
-            common = load_checkpoint(latest, self.model, self.optimizer)
-            _check_compatible(common["config"], self.cfg, latest)
+            common = load_checkpoint(latest, self.model, self.optimizer,
+                                     validate=lambda c: _check_compatible(c["config"], self.cfg, latest))
             self.state = TrainState(**common["train_state"])
             _print0(f"resumed from {latest} at iteration {self.state.iteration}")
             return common
         if self.cfg.checkpoint.load:
             source = resolve_checkpoint(self.cfg.checkpoint.load)
-            common = load_checkpoint(source, self.model, optimizer=None, restore_rng=False)
-            _check_compatible(common["config"], self.cfg, source)
+            load_checkpoint(source, self.model, optimizer=None, restore_rng=False,
+                            validate=lambda c: _check_compatible(c["config"], self.cfg, source))
             _print0(f"initialised weights from {source}")
         return {}
 
