@@ -62,3 +62,19 @@ class SyntheticCaptionDataset(torch.utils.data.Dataset):
             # One tile per sample: [num_tiles=1, 3, H, W].
             "pixel_values": to_pixel_values(sample.image, self.image_size).unsqueeze(0),
         }
+
+
+class MismatchedImages(torch.utils.data.Dataset):
+    """Sample ``i`` with the image of sample ``i + 1``: an evaluation control. A model that
+    reads the images scores clearly worse here than on the matched samples."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset) - 1
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        item = dict(self.dataset[index])
+        item["pixel_values"] = self.dataset[index + 1]["pixel_values"]
+        return item

@@ -17,7 +17,7 @@ from megatron_sail.checkpointing.layout_files import (
 from megatron_sail.config import ConfigError, SailConfig, config_to_dict, save_config
 from megatron_sail.config.layout import Layout, resolve_layout
 from megatron_sail.data.batches import GlobalBatches
-from megatron_sail.data.synthetic_dataset import SyntheticCaptionDataset
+from megatron_sail.data.synthetic_dataset import MismatchedImages, SyntheticCaptionDataset
 from megatron_sail.data.tokenizer import SentencePieceTokenizer, load_or_train_synthetic_tokenizer
 from megatron_sail.distributed.runtime import DistEnv, init_model_parallel, init_process_group
 from megatron_sail.models.builder import build_model
@@ -128,8 +128,14 @@ class Trainer:
         train = cfg.train
         self.batches = GlobalBatches(_dataset(cfg, tokenizer, "train"), train.global_batch_size,
                                      train.micro_batch_size, dp_rank, self.layout.dp)
-        self.val_batches = GlobalBatches(_dataset(cfg, tokenizer, "val"), train.global_batch_size,
-                                         train.micro_batch_size, dp_rank, self.layout.dp)
+        val = _dataset(cfg, tokenizer, "val")
+        self.val_batches = {
+            "val_loss": GlobalBatches(val, train.global_batch_size, train.micro_batch_size,
+                                      dp_rank, self.layout.dp),
+            "val_loss_mismatched_images": GlobalBatches(
+                MismatchedImages(val), train.global_batch_size, train.micro_batch_size,
+                dp_rank, self.layout.dp),
+        }
         self.needs_data = any(m.module.pre_process or m.module.post_process for m in self.model)
 
         self.metrics = None
@@ -180,15 +186,20 @@ class Trainer:
             return batches.microbatches(consumed)
         return [None] * batches.num_microbatches
 
-    def evaluate(self) -> float:
-        loss_sum = tokens = 0.0
-        for k in range(self.cfg.train.eval_iters):
-            result = run_step(self.model, self.optimizer, self.scheduler,
-                              self._microbatches(self.val_batches, k * self.cfg.train.global_batch_size),
-                              self.cfg.data.seq_length, self.cfg.train.micro_batch_size,
-                              forward_only=True)
-            loss_sum, tokens = loss_sum + result.loss_sum, tokens + result.num_tokens
-        return loss_sum / max(tokens, 1.0)
+    def evaluate(self) -> dict[str, float]:
+        """Loss on the first ``eval_iters`` validation batches, and the same with every image
+        swapped for another sample's (how much the model relies on what it sees)."""
+        out = {}
+        for name, batches in self.val_batches.items():
+            loss_sum = tokens = 0.0
+            for k in range(self.cfg.train.eval_iters):
+                result = run_step(self.model, self.optimizer, self.scheduler,
+                                  self._microbatches(batches, k * self.cfg.train.global_batch_size),
+                                  self.cfg.data.seq_length, self.cfg.train.micro_batch_size,
+                                  forward_only=True)
+                loss_sum, tokens = loss_sum + result.loss_sum, tokens + result.num_tokens
+            out[name] = loss_sum / max(tokens, 1.0)
+        return out
 
     def train(self) -> int:
         cfg, state = self.cfg, self.state
@@ -222,12 +233,14 @@ class Trainer:
             if train.eval_interval and state.iteration % train.eval_interval == 0:
                 for chunk in self.model:
                     chunk.eval()
-                record["val_loss"] = self.evaluate()
+                record.update(self.evaluate())
             if self.metrics and (state.iteration % train.log_interval == 0
                                  or state.iteration == train.train_iters):
                 self.metrics.write(record)
                 progress.show(state.iteration, record["loss"], record["lr"],
-                              f"val {record['val_loss']:.4f}" if "val_loss" in record else None)
+                              f"val {record['val_loss']:.4f} (mismatched images "
+                              f"{record['val_loss_mismatched_images']:.4f})"
+                              if "val_loss" in record else None)
 
             stop = self.stop.agreed()
             interval = cfg.checkpoint.save_interval
@@ -247,3 +260,6 @@ class Trainer:
     def close(self) -> None:
         if self.metrics:
             self.metrics.close()
+            from megatron_sail.training.plot import plot_runs
+
+            print(f"loss curves: {plot_runs([str(self.output_dir)])}", flush=True)
