@@ -91,6 +91,24 @@ def _patch_megatron_rng() -> None:
 
     mrandom._get_cuda_rng_state = _CpuRngState.get
     mrandom._set_cuda_rng_state = _CpuRngState.set
+    # Activation recompute re-runs forward code inside autograd functions, where the
+    # function mode of the calling thread is not in effect: re-enter it there.
+    for name in ("CheckpointFunction", "CheckpointWithoutOutputFunction"):
+        fn = getattr(mrandom, name, None)
+        if fn is None or getattr(fn.forward, "_sail_cpu", False):
+            continue
+        for method in ("forward", "backward"):
+            setattr(fn, method, staticmethod(_in_cpu_mode(getattr(fn, method))))
+
+
+def _in_cpu_mode(method):
+    @functools.wraps(method)
+    def wrapped(*args, **kwargs):
+        with _CudaToCpuMode():
+            return method(*args, **kwargs)
+
+    wrapped._sail_cpu = True
+    return wrapped
 
 
 def _patch_torch_cuda() -> None:

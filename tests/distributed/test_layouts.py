@@ -21,6 +21,8 @@ LAYOUTS = {
                                 "parallel.first_stage_llm_layers=0"],
     "pp2_vpp2": ["parallel.pipeline_model_parallel_size=2",
                  "parallel.virtual_pipeline_model_parallel_size=2"],
+    "tp2_sp_recompute": ["parallel.tensor_model_parallel_size=2", "model.llm_recompute=full",
+                         "model.vision_recompute=selective"],
 }
 
 
@@ -43,3 +45,12 @@ def test_layout_matches_single_process(name, sail, reference, tmp_path):
         assert r["grad_norm"] == pytest.approx(ref[r["iteration"]]["grad_norm"], rel=1e-3)
         assert r["loss_tokens"] == ref[r["iteration"]]["loss_tokens"]
         assert r["consumed_samples"] == ref[r["iteration"]]["consumed_samples"]
+
+
+def test_bf16_trains_close_to_fp32(sail, reference, tmp_path):
+    """bf16 parameters with fp32 main weights in the distributed optimizer, fp32 loss."""
+    sail.train(tmp_path, *ITERS, "train.precision=bf16", nproc=2)
+    losses = sail.losses(tmp_path)
+    ref = {r["iteration"]: r["loss"] for r in reference}
+    assert abs(losses[1] - ref[1]) < 2e-2 * ref[1]
+    assert losses[3] < losses[1]
