@@ -22,6 +22,11 @@ class MicroBatch:
     loss_mask: torch.Tensor  # [b, s] float, 1 where the loss counts
     pixel_values: Optional[torch.Tensor]  # [tiles, 3, H, W] for all samples, in order
 
+    def to(self, device: torch.device) -> "MicroBatch":
+        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
+        return MicroBatch(move(self.tokens), move(self.position_ids), move(self.labels),
+                          move(self.loss_mask), move(self.pixel_values))
+
 
 def collate(samples: list[dict]) -> MicroBatch:
     pixels = [s["pixel_values"] for s in samples if s.get("pixel_values") is not None]

@@ -21,6 +21,7 @@ class StopRequest:
 
     def agreed(self) -> bool:
         """Collective: True on every rank once any rank received a stop signal."""
-        flag = torch.tensor([1.0 if self.received is not None else 0.0])
+        device = "cuda" if torch.cuda.is_available() else "cpu"  # NCCL needs CUDA tensors
+        flag = torch.tensor([1.0 if self.received is not None else 0.0], device=device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         return bool(flag.item() > 0)

@@ -34,6 +34,7 @@ def _forward_step(data_iterator, model):
     batch: Optional[MicroBatch] = next(data_iterator)
     if batch is None:  # a middle pipeline stage: hidden states come from the previous stage
         return model(None, None), None
+    batch = batch.to(comm_device())
     output = model(batch.tokens, batch.position_ids, labels=batch.labels,
                    pixel_values=batch.pixel_values)
     return output, partial(_loss_func, batch.loss_mask)

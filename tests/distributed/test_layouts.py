@@ -54,3 +54,19 @@ def test_bf16_trains_close_to_fp32(sail, reference, tmp_path):
     ref = {r["iteration"]: r["loss"] for r in reference}
     assert abs(losses[1] - ref[1]) < 2e-2 * ref[1]
     assert losses[3] < losses[1]
+
+
+def test_under_torchrun(reference, tmp_path):
+    """Launched by torchrun instead of --nproc-per-node: same run."""
+    import subprocess
+    import sys
+
+    from conftest import REPO, TINY, SailRunner
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+           "-m", "megatron_sail.cli", "train", TINY, f"run.output_dir={tmp_path}", *ITERS]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "world 2 = TP 1 x PP 1 x DP 2" in proc.stdout
+    assert_close_losses(SailRunner.losses(tmp_path),
+                        {r["iteration"]: r["loss"] for r in reference}, [1, 2, 3])
