@@ -89,7 +89,27 @@ def cmd_plot(args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "plot": cmd_plot}
+def _delegate(module: str):
+    """Sub-command families live with their area: ``megatron_sail.<area>.cli.main(args)``."""
+
+    def run(args: list[str]) -> int:
+        import importlib
+
+        return importlib.import_module(module).main(args)
+
+    return run
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "plot": cmd_plot,
+    "convert": _delegate("megatron_sail.convert.cli"),
+    "forward": _delegate("megatron_sail.convert.forward_cli"),
+    "slurm": _delegate("megatron_sail.launch.cli"),
+    "flops": _delegate("megatron_sail.scaling.flops_cli"),
+    "plan": _delegate("megatron_sail.scaling.plan_cli"),
+    "scaling": _delegate("megatron_sail.scaling.cli"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
