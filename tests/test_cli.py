@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import TINY
+from tests.helpers import TINY
 from megatron_sail import cli
 
 

@@ -14,7 +14,7 @@ import time
 import pytest
 import torch
 
-from conftest import REPO, TINY, assert_close_losses
+from tests.helpers import REPO, TINY, assert_close_losses
 
 STRAIGHT = ["train.train_iters=20", "checkpoint.save_interval=5", "checkpoint.keep_last=2"]
 

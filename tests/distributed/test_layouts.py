@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import assert_close_losses
+from tests.helpers import assert_close_losses
 
 ITERS = ["train.train_iters=3", "checkpoint.save_interval=null"]
 
@@ -61,7 +61,7 @@ def test_under_torchrun(reference, tmp_path):
     import subprocess
     import sys
 
-    from conftest import REPO, TINY, SailRunner
+    from tests.helpers import REPO, TINY, SailRunner
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
            "-m", "megatron_sail.cli", "train", TINY, f"run.output_dir={tmp_path}", *ITERS]
