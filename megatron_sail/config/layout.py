@@ -22,6 +22,8 @@ class Layout:
     pp: int
     vpp: int  # 1 when virtual pipelining is off
     dp: int
+    ep: int
+    etp: int
     vision_tp: int
     sequence_parallel: bool
     num_microbatches: int
@@ -71,6 +73,33 @@ def _stage_layers(num_layers: int, pp: int, vpp: int, first: int | None, errors:
     return tuple(tuple(flat[v * pp + p] for p in range(pp)) for v in range(vpp))
 
 
+def _check_moe(cfg: SailConfig, world_size: int, tp: int, pp: int, ep: int, etp: int,
+               errors: list[str]) -> None:
+    llm, moe = cfg.model.llm, cfg.model.moe
+    if llm.num_experts % ep:
+        errors.append(f"expert_model_parallel_size={ep} does not divide the {llm.num_experts} experts")
+    if world_size % (pp * ep * etp):
+        errors.append(f"world size {world_size} is not divisible by pipeline x expert x expert-"
+                      f"tensor parallel size {pp} x {ep} x {etp}")
+    if (llm.moe_ffn_hidden_size or llm.ffn_hidden_size) % etp:
+        errors.append(f"expert_tensor_parallel_size={etp} does not divide the expert FFN size")
+    if not 1 <= llm.moe_router_topk <= llm.num_experts:
+        errors.append(f"model.llm.moe_router_topk={llm.moe_router_topk} must be in "
+                      f"1..{llm.num_experts}")
+    choices = {"load_balancing": ("global_aux_loss", "aux_loss", "seq_aux_loss", "none"),
+               "token_dispatcher": ("alltoall", "allgather"),
+               "router_score_function": ("softmax", "sigmoid"), "router_dtype": ("fp32", "fp64")}
+    for key, allowed in choices.items():
+        if getattr(moe, key) not in allowed:
+            errors.append(f"model.moe.{key}='{getattr(moe, key)}' must be one of {', '.join(allowed)}")
+    if moe.expert_bias and moe.router_score_function != "sigmoid":
+        errors.append("model.moe.expert_bias (aux-loss-free balancing) needs sigmoid routing "
+                      "(model.moe.router_score_function=sigmoid); Qwen3's softmax routing is not "
+                      "supported with it by Megatron-Core")
+    if moe.grouped_gemm and cfg.model.transformer_impl != "transformer_engine":
+        errors.append("model.moe.grouped_gemm needs model.transformer_impl=transformer_engine on a GPU")
+
+
 def resolve_layout(cfg: SailConfig, world_size: int, cuda_available: bool = False,
                    te_available: bool = False) -> Layout:
     errors: list[str] = []
@@ -94,10 +123,14 @@ def resolve_layout(cfg: SailConfig, world_size: int, cuda_available: bool = Fals
             f"size {tp} x {pp} = {tp * pp}"
         )
         dp = 1
-    if par.expert_model_parallel_size != 1:
+    ep = par.expert_model_parallel_size
+    etp = par.expert_tensor_parallel_size or 1
+    if llm.is_moe:
+        _check_moe(cfg, world_size, tp, pp, ep, etp, errors)
+    elif ep != 1:
         errors.append(
-            f"parallel.expert_model_parallel_size={par.expert_model_parallel_size} needs a "
-            f"Mixture-of-Experts LLM; preset '{model.preset}' is dense"
+            f"parallel.expert_model_parallel_size={ep} needs a Mixture-of-Experts LLM; "
+            f"preset '{model.preset}' is dense"
         )
     if vpp > 1 and pp == 1:
         errors.append("parallel.virtual_pipeline_model_parallel_size > 1 needs "
@@ -122,6 +155,9 @@ def resolve_layout(cfg: SailConfig, world_size: int, cuda_available: bool = Fals
                       f"{llm.ffn_hidden_size}")
 
     sp = par.sequence_parallel if par.sequence_parallel is not None else tp > 1
+    if llm.is_moe and tp > 1 and not sp:
+        errors.append("an MoE LLM with tensor_model_parallel_size > 1 needs sequence parallelism "
+                      "(parallel.sequence_parallel=true)")
     if sp and tp == 1:
         sp = False  # sequence parallelism is a no-op without tensor parallelism
     if sp and cfg.data.seq_length % tp:
@@ -217,7 +253,7 @@ def resolve_layout(cfg: SailConfig, world_size: int, cuda_available: bool = Fals
     if errors:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
     return Layout(
-        world_size=world_size, tp=tp, pp=pp, vpp=vpp, dp=dp, vision_tp=vision_tp,
+        world_size=world_size, tp=tp, pp=pp, vpp=vpp, dp=dp, ep=ep, etp=etp, vision_tp=vision_tp,
         sequence_parallel=sp, num_microbatches=num_microbatches, padded_vocab_size=padded,
         stage_layers=stage_layers,
     )

@@ -8,6 +8,7 @@ command line (``model.llm.num_layers=4``) and the resolved values are saved with
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 
 @dataclass
@@ -34,7 +35,8 @@ class AdapterArch:
 
 @dataclass
 class LLMArch:
-    """Qwen3 dense decoder."""
+    """Qwen3 decoder: dense, or Mixture-of-Experts when ``num_experts`` is set (Qwen3-MoE:
+    softmax routing, top-k probabilities renormalised, no shared expert)."""
 
     num_layers: int = 28
     hidden_size: int = 2048
@@ -47,6 +49,13 @@ class LLMArch:
     norm_eps: float = 1e-6
     tie_word_embeddings: bool = False
     max_position_embeddings: int = 40960
+    num_experts: Optional[int] = None  # None: dense SwiGLU MLP of ffn_hidden_size
+    moe_router_topk: int = 8
+    moe_ffn_hidden_size: Optional[int] = None  # per-expert SwiGLU width
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts is not None
 
 
 @dataclass
@@ -80,6 +89,29 @@ PRESETS: dict[str, Preset] = {
         vision=_sail_vit_huge(),
         adapter=AdapterArch(),
         llm=LLMArch(tie_word_embeddings=False),
+    ),
+    # MoE counterpart of tiny: 8 experts, top-2, so EP=2 holds 4 experts per rank.
+    "tiny-moe": Preset(
+        vision=VisionArch(
+            num_layers=2, hidden_size=64, num_attention_heads=4, ffn_hidden_size=128,
+            image_size=112,
+        ),
+        adapter=AdapterArch(),
+        llm=LLMArch(
+            num_layers=4, hidden_size=64, num_attention_heads=4, num_query_groups=2, head_dim=16,
+            ffn_hidden_size=160, vocab_size=256, max_position_embeddings=1024,
+            tie_word_embeddings=False, num_experts=8, moe_router_topk=2, moe_ffn_hidden_size=64,
+        ),
+    ),
+    # Qwen3-30B-A3B backbone: 128 experts, top-8, expert FFN 768, no shared expert.
+    "sailvl2-a3b": Preset(
+        vision=_sail_vit_huge(),
+        adapter=AdapterArch(),
+        llm=LLMArch(
+            num_layers=48, hidden_size=2048, num_attention_heads=32, num_query_groups=4,
+            head_dim=128, ffn_hidden_size=6144, tie_word_embeddings=False, num_experts=128,
+            moe_router_topk=8, moe_ffn_hidden_size=768,
+        ),
     ),
     "sailvl2-8b": Preset(
         vision=_sail_vit_huge(),

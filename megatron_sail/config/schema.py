@@ -12,11 +12,30 @@ RECOMPUTE = (None, "selective", "full")
 
 
 @dataclass
+class MoEConfig:
+    """Routing and balancing of Mixture-of-Experts LLMs (ignored by dense presets)."""
+
+    # global_aux_loss: expert load aggregated over the global batch (data-parallel ranks and
+    # micro-batches) before the loss, as Qwen3 and SAIL-VL2 do; aux_loss: per micro-batch;
+    # seq_aux_loss: per sequence; none.
+    load_balancing: str = "global_aux_loss"
+    aux_loss_coeff: float = 1e-3
+    z_loss_coeff: Optional[float] = None
+    router_score_function: str = "softmax"  # Qwen3; sigmoid for aux-loss-free bias routing
+    expert_bias: bool = False  # aux-loss-free balancing (sigmoid routing only)
+    expert_bias_update_rate: float = 1e-3
+    token_dispatcher: str = "alltoall"  # alltoall | allgather
+    grouped_gemm: bool = False  # needs TE or the grouped_gemm package on a GPU
+    router_dtype: str = "fp32"  # fp32 | fp64
+
+
+@dataclass
 class ModelConfig:
-    preset: str = "tiny"  # tiny | sailvl2-2b | sailvl2-8b; fills vision/adapter/llm
+    preset: str = "tiny"  # tiny | tiny-moe | sailvl2-2b | sailvl2-8b | sailvl2-a3b
     vision: VisionArch = field(default_factory=VisionArch)
     adapter: AdapterArch = field(default_factory=AdapterArch)
     llm: LLMArch = field(default_factory=LLMArch)
+    moe: MoEConfig = field(default_factory=MoEConfig)
     freeze: list[str] = field(default_factory=list)  # any of vision, adapter, llm
     transformer_impl: str = "local"  # local | transformer_engine (GPU + TE)
     fp8: Optional[str] = None  # None | hybrid | e4m3 (needs transformer_engine on a GPU)
@@ -33,6 +52,7 @@ class ParallelConfig:
     pipeline_model_parallel_size: int = 1
     virtual_pipeline_model_parallel_size: Optional[int] = None
     expert_model_parallel_size: int = 1
+    expert_tensor_parallel_size: Optional[int] = None  # None: 1 (experts are not TP-split)
     sequence_parallel: Optional[bool] = None  # None: on whenever TP > 1
     # ViT tensor parallelism: equal to TP, or 1 (replicated ViT on every TP rank).
     # None: TP when it divides the ViT heads, else 1.

@@ -65,7 +65,8 @@ class _NoopStream:
         pass
 
     def __getattr__(self, name):
-        return lambda *args, **kwargs: None
+        # record_event() must return something that can synchronize(), query(), ...
+        return lambda *args, **kwargs: _NoopStream()
 
     def __enter__(self):
         return self

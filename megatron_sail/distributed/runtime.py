@@ -92,6 +92,8 @@ def init_model_parallel(layout: Layout, seed: int) -> None:
         tensor_model_parallel_size=layout.tp,
         pipeline_model_parallel_size=layout.pp,
         virtual_pipeline_model_parallel_size=layout.vpp if layout.vpp > 1 else None,
+        expert_model_parallel_size=layout.ep,
+        expert_tensor_parallel_size=layout.etp,
     )
     # One seed for every rank: no stage- or rank-dependent randomness (dropout is off and
     # weights come from the layout-independent initialiser).

@@ -88,6 +88,33 @@ def pipeline_layout(layout: Layout) -> Optional[PipelineParallelLayerLayout]:
     return PipelineParallelLayerLayout(stages, layout.pp)
 
 
+def _moe(cfg: SailConfig, layout: Layout) -> dict:
+    """Qwen3-MoE through Megatron-Core's MoE layer: softmax over the top-k logits equals
+    Qwen3's renormalised top-k probabilities; router in fp32; no shared expert."""
+    llm, moe = cfg.model.llm, cfg.model.moe
+    if not llm.is_moe:
+        return {}
+    balancing = "none" if moe.load_balancing == "none" else moe.load_balancing
+    return dict(
+        num_moe_experts=llm.num_experts,
+        moe_router_topk=llm.moe_router_topk,
+        moe_ffn_hidden_size=llm.moe_ffn_hidden_size or llm.ffn_hidden_size,
+        moe_router_load_balancing_type=balancing,
+        moe_aux_loss_coeff=0.0 if balancing == "none" else moe.aux_loss_coeff,
+        moe_z_loss_coeff=moe.z_loss_coeff,
+        moe_router_score_function=moe.router_score_function,
+        moe_router_enable_expert_bias=moe.expert_bias,
+        moe_router_bias_update_rate=moe.expert_bias_update_rate,
+        moe_router_pre_softmax=False,
+        moe_router_dtype=moe.router_dtype,
+        moe_token_dispatcher_type=moe.token_dispatcher,
+        moe_grouped_gemm=moe.grouped_gemm,
+        moe_permute_fusion=False,
+        expert_model_parallel_size=layout.ep,
+        expert_tensor_parallel_size=layout.etp,
+    )
+
+
 def llm_config(cfg: SailConfig, layout: Layout) -> TransformerConfig:
     llm = cfg.model.llm
     return TransformerConfig(
@@ -108,6 +135,7 @@ def llm_config(cfg: SailConfig, layout: Layout) -> TransformerConfig:
         virtual_pipeline_model_parallel_size=layout.vpp if layout.vpp > 1 else None,
         pipeline_model_parallel_layout=pipeline_layout(layout),
         sequence_parallel=layout.sequence_parallel,
+        **_moe(cfg, layout),
         **_recompute(cfg.model.llm_recompute),
         **_common(cfg),
     )
@@ -186,7 +214,8 @@ def build_model(cfg: SailConfig, layout: Layout, img_context_id: int) -> ModelBu
         language_model = GPTModel(
             config=lm_cfg,
             transformer_layer_spec=llm_block_spec(
-                cfg.model.transformer_impl, get_num_layers_to_build(lm_cfg, vp_stage=vp)
+                cfg.model.transformer_impl, get_num_layers_to_build(lm_cfg, vp_stage=vp),
+                num_experts=cfg.model.llm.num_experts, grouped_gemm=cfg.model.moe.grouped_gemm,
             ),
             vocab_size=layout.padded_vocab_size,
             max_sequence_length=cfg.model.llm.max_position_embeddings,

@@ -8,6 +8,7 @@ so that nothing here needs TE unless it is asked for).
 from __future__ import annotations
 
 import copy
+from typing import Optional
 
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.transformer.enums import AttnMaskType
@@ -17,8 +18,9 @@ from megatron.core.transformer.transformer_block import TransformerBlockSubmodul
 from megatron_sail.models.norms import RMSNorm
 
 
-def _local_layer_spec(qk_norm: bool) -> ModuleSpec:
-    spec = copy.deepcopy(get_gpt_layer_local_spec(qk_layernorm=qk_norm, normalization="RMSNorm"))
+def _local_layer_spec(qk_norm: bool, num_experts: Optional[int] = None) -> ModuleSpec:
+    spec = copy.deepcopy(get_gpt_layer_local_spec(
+        num_experts=num_experts, qk_layernorm=qk_norm, normalization="RMSNorm"))
     spec.submodules.input_layernorm = RMSNorm
     spec.submodules.pre_mlp_layernorm = RMSNorm
     attention = spec.submodules.self_attention.submodules
@@ -28,13 +30,15 @@ def _local_layer_spec(qk_norm: bool) -> ModuleSpec:
     return spec
 
 
-def _te_layer_spec(qk_norm: bool) -> ModuleSpec:
+def _te_layer_spec(qk_norm: bool, num_experts: Optional[int] = None,
+                   grouped_gemm: bool = False) -> ModuleSpec:
     try:
         from megatron.core.models.gpt.gpt_layer_specs import (
             get_gpt_layer_with_transformer_engine_spec,
         )
 
-        return copy.deepcopy(get_gpt_layer_with_transformer_engine_spec(qk_layernorm=qk_norm))
+        return copy.deepcopy(get_gpt_layer_with_transformer_engine_spec(
+            num_experts=num_experts, moe_grouped_gemm=grouped_gemm, qk_layernorm=qk_norm))
     except (ImportError, AssertionError) as exc:  # TE missing or unusable
         raise RuntimeError(f"Transformer Engine layer specs are unavailable: {exc}") from exc
 
@@ -47,9 +51,14 @@ def _final_norm(impl: str):
     return RMSNorm
 
 
-def llm_block_spec(impl: str, num_local_layers: int) -> TransformerBlockSubmodules:
-    """Qwen3 decoder layers: causal GQA with per-head q/k RMSNorm, SwiGLU, RMSNorm."""
-    layer = _te_layer_spec(True) if impl == "transformer_engine" else _local_layer_spec(True)
+def llm_block_spec(impl: str, num_local_layers: int, num_experts: Optional[int] = None,
+                   grouped_gemm: bool = False) -> TransformerBlockSubmodules:
+    """Qwen3 decoder layers: causal GQA with per-head q/k RMSNorm, SwiGLU (dense, or routed
+    experts when ``num_experts`` is set: sequential experts locally, grouped GEMM with TE)."""
+    if impl == "transformer_engine":
+        layer = _te_layer_spec(True, num_experts, grouped_gemm)
+    else:
+        layer = _local_layer_spec(True, num_experts)
     return TransformerBlockSubmodules(
         layer_specs=[layer] * num_local_layers, layer_norm=_final_norm(impl)
     )

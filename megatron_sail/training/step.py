@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from megatron.core import parallel_state
@@ -30,11 +30,13 @@ def _loss_func(loss_mask: torch.Tensor, per_token_loss: torch.Tensor):
     return loss_sum, num_tokens, {"loss": torch.stack([loss_sum.detach(), num_tokens.float()])}
 
 
-def _forward_step(data_iterator, model):
+def _forward_step(data_iterator, model, before_microbatch: Optional[Callable] = None):
     batch: Optional[MicroBatch] = next(data_iterator)
     if batch is None:  # a middle pipeline stage: hidden states come from the previous stage
         return model(None, None), None
     batch = batch.to(comm_device())
+    if before_microbatch is not None:
+        before_microbatch(batch)
     output = model(batch.tokens, batch.position_ids, labels=batch.labels,
                    pixel_values=batch.pixel_values)
     return output, partial(_loss_func, batch.loss_mask)
@@ -61,24 +63,26 @@ def _reduce_losses(losses_reduced: list) -> tuple[float, float]:
     return float(total[0]), float(total[1])
 
 
-def _iterators(model_chunks, microbatches: list[MicroBatch]):
-    """One iterator per model chunk; only chunks with the embedding or the loss need data."""
+def _iterators(model_chunks, microbatches: list[MicroBatch], all_chunks: bool = False):
+    """One iterator per model chunk; only chunks with the embedding or the loss need data
+    (unless ``all_chunks``: e.g. MoE routing statistics need every stage's token kinds)."""
     iterators = []
     for chunk in model_chunks:
-        needs_data = chunk.module.pre_process or chunk.module.post_process
+        needs_data = all_chunks or chunk.module.pre_process or chunk.module.post_process
         iterators.append(iter(microbatches if needs_data else [None] * len(microbatches)))
     return iterators if len(iterators) > 1 else iterators[0]
 
 
 def run_step(model_chunks, optimizer, scheduler, microbatches: list[MicroBatch],
-             seq_length: int, micro_batch_size: int, forward_only: bool = False) -> StepResult:
+             seq_length: int, micro_batch_size: int, forward_only: bool = False,
+             before_microbatch: Optional[Callable[[MicroBatch], None]] = None) -> StepResult:
     if not forward_only:
         for chunk in model_chunks:
             chunk.zero_grad_buffer()
         optimizer.zero_grad()
     losses = get_forward_backward_func()(
-        forward_step_func=_forward_step,
-        data_iterator=_iterators(model_chunks, microbatches),
+        forward_step_func=partial(_forward_step, before_microbatch=before_microbatch),
+        data_iterator=_iterators(model_chunks, microbatches, before_microbatch is not None),
         model=model_chunks,
         num_microbatches=len(microbatches),
         seq_length=seq_length,

@@ -22,6 +22,7 @@ from megatron_sail.data.tokenizer import SentencePieceTokenizer, load_or_train_s
 from megatron_sail.distributed.runtime import DistEnv, init_model_parallel, init_process_group
 from megatron_sail.models.builder import build_model
 from megatron_sail.training.metrics import MetricsWriter, Progress, truncate_after
+from megatron_sail.training.moe_metrics import RoutingStats
 from megatron_sail.training.optimizer import build_optimizer, build_scheduler, wrap_ddp
 from megatron_sail.training.signals import StopRequest
 from megatron_sail.training.step import run_step
@@ -136,7 +137,13 @@ class Trainer:
                 MismatchedImages(val), train.global_batch_size, train.micro_batch_size,
                 dp_rank, self.layout.dp),
         }
-        self.needs_data = any(m.module.pre_process or m.module.post_process for m in self.model)
+        self.routing = None
+        if cfg.model.llm.is_moe:
+            self.routing = RoutingStats(self.model, cfg.model.llm.num_layers,
+                                        cfg.model.llm.num_experts, tokenizer.pad_id,
+                                        cfg.model.img_context_token_id)
+        self.needs_data = self.routing is not None or any(
+            m.module.pre_process or m.module.post_process for m in self.model)
 
         self.metrics = None
         if env.rank == 0:
@@ -186,6 +193,10 @@ class Trainer:
             return batches.microbatches(consumed)
         return [None] * batches.num_microbatches
 
+    def _before_microbatch(self, batch) -> None:
+        if self.routing:
+            self.routing.set_tokens(batch.tokens)
+
     def evaluate(self) -> dict[str, float]:
         """Loss on the first ``eval_iters`` validation batches, and the same with every image
         swapped for another sample's (how much the model relies on what it sees)."""
@@ -214,9 +225,14 @@ class Trainer:
             for chunk in self.model:
                 chunk.train()
             t0 = time.perf_counter()
+            if self.routing:
+                self.routing.reset_step()
             result = run_step(self.model, self.optimizer, self.scheduler,
                               self._microbatches(self.batches, state.consumed_samples),
-                              cfg.data.seq_length, train.micro_batch_size)
+                              cfg.data.seq_length, train.micro_batch_size,
+                              before_microbatch=self._before_microbatch)
+            if self.routing:
+                self.routing.end_step(self.layout.num_microbatches)
             elapsed = time.perf_counter() - t0
             state.iteration += 1
             state.consumed_samples += train.global_batch_size
@@ -234,8 +250,11 @@ class Trainer:
                 for chunk in self.model:
                     chunk.eval()
                 record.update(self.evaluate())
-            if self.metrics and (state.iteration % train.log_interval == 0
-                                 or state.iteration == train.train_iters):
+            log_now = (state.iteration % train.log_interval == 0
+                       or state.iteration == train.train_iters)
+            if log_now and self.routing:
+                record.update(self.routing.metrics())  # collective
+            if self.metrics and log_now:
                 self.metrics.write(record)
                 progress.show(state.iteration, record["loss"], record["lr"],
                               f"val {record['val_loss']:.4f} (mismatched images "
