@@ -7,7 +7,7 @@ command line (``model.llm.num_layers=4``) and the resolved values are saved with
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 
@@ -69,21 +69,22 @@ def _sail_vit_huge() -> VisionArch:
     return VisionArch()
 
 
+def _tiny_vit() -> VisionArch:
+    return VisionArch(num_layers=2, hidden_size=64, num_attention_heads=4, ffn_hidden_size=128,
+                      image_size=112)
+
+
+def _tiny_llm(**changes) -> LLMArch:
+    return replace(LLMArch(num_layers=4, hidden_size=64, num_attention_heads=4, num_query_groups=2,
+                           head_dim=16, ffn_hidden_size=160, vocab_size=256,
+                           max_position_embeddings=1024), **changes)
+
+
 PRESETS: dict[str, Preset] = {
     # Runs in seconds on a CPU; 4 LLM layers so PP=2 x VPP=2 has one layer per chunk; tied
     # embeddings so the tied path (embedding group across pipeline stages) is exercised.
-    "tiny": Preset(
-        vision=VisionArch(
-            num_layers=2, hidden_size=64, num_attention_heads=4, ffn_hidden_size=128,
-            image_size=112,
-        ),
-        adapter=AdapterArch(),
-        llm=LLMArch(
-            num_layers=4, hidden_size=64, num_attention_heads=4, num_query_groups=2, head_dim=16,
-            ffn_hidden_size=160, vocab_size=256, max_position_embeddings=1024,
-            tie_word_embeddings=True,
-        ),
-    ),
+    "tiny": Preset(vision=_tiny_vit(), adapter=AdapterArch(),
+                   llm=_tiny_llm(tie_word_embeddings=True)),
     # The 2B release stores lm_head next to a tied flag and its code uses the stored one.
     "sailvl2-2b": Preset(
         vision=_sail_vit_huge(),
@@ -91,18 +92,8 @@ PRESETS: dict[str, Preset] = {
         llm=LLMArch(tie_word_embeddings=False),
     ),
     # MoE counterpart of tiny: 8 experts, top-2, so EP=2 holds 4 experts per rank.
-    "tiny-moe": Preset(
-        vision=VisionArch(
-            num_layers=2, hidden_size=64, num_attention_heads=4, ffn_hidden_size=128,
-            image_size=112,
-        ),
-        adapter=AdapterArch(),
-        llm=LLMArch(
-            num_layers=4, hidden_size=64, num_attention_heads=4, num_query_groups=2, head_dim=16,
-            ffn_hidden_size=160, vocab_size=256, max_position_embeddings=1024,
-            tie_word_embeddings=False, num_experts=8, moe_router_topk=2, moe_ffn_hidden_size=64,
-        ),
-    ),
+    "tiny-moe": Preset(vision=_tiny_vit(), adapter=AdapterArch(),
+                       llm=_tiny_llm(num_experts=8, moe_router_topk=2, moe_ffn_hidden_size=64)),
     # Qwen3-30B-A3B backbone: 128 experts, top-8, expert FFN 768, no shared expert.
     "sailvl2-a3b": Preset(
         vision=_sail_vit_huge(),

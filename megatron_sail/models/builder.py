@@ -94,7 +94,7 @@ def _moe(cfg: SailConfig, layout: Layout) -> dict:
     llm, moe = cfg.model.llm, cfg.model.moe
     if not llm.is_moe:
         return {}
-    balancing = "none" if moe.load_balancing == "none" else moe.load_balancing
+    balancing = moe.load_balancing
     return dict(
         num_moe_experts=llm.num_experts,
         moe_router_topk=llm.moe_router_topk,
