@@ -41,6 +41,10 @@ class RoutingStats:
             router.register_forward_hook(self._hook)
 
     # -- per micro-batch -------------------------------------------------------------------
+    def observe(self, batch) -> None:
+        """Called before each micro-batch's forward (``run_step(before_microbatch=...)``)."""
+        self.set_tokens(batch.tokens)
+
     def set_tokens(self, tokens: torch.Tensor) -> None:
         """Token kinds in the routers' row order: [s, b] flattened, this rank's SP shard."""
         kinds = torch.ones_like(tokens)

@@ -193,10 +193,6 @@ class Trainer:
             return batches.microbatches(consumed)
         return [None] * batches.num_microbatches
 
-    def _before_microbatch(self, batch) -> None:
-        if self.routing:
-            self.routing.set_tokens(batch.tokens)
-
     def evaluate(self) -> dict[str, float]:
         """Loss on the first ``eval_iters`` validation batches, and the same with every image
         swapped for another sample's (how much the model relies on what it sees)."""
@@ -230,7 +226,7 @@ class Trainer:
             result = run_step(self.model, self.optimizer, self.scheduler,
                               self._microbatches(self.batches, state.consumed_samples),
                               cfg.data.seq_length, train.micro_batch_size,
-                              before_microbatch=self._before_microbatch)
+                              before_microbatch=self.routing.observe if self.routing else None)
             if self.routing:
                 self.routing.end_step(self.layout.num_microbatches)
             elapsed = time.perf_counter() - t0
