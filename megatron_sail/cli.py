@@ -7,7 +7,10 @@ import os
 import sys
 
 USAGE = """sail train CONFIG.yaml [key=value ...] [--nproc-per-node N]
-sail plot RUN_DIR [--out FILE.png]"""
+sail plot RUN_DIR [--out FILE.png]
+sail slurm submit CONFIG.yaml [key=value ...] --nodes N --gpus-per-node G [options] [--dry-run]
+sail slurm sweep SWEEP.yaml --nodes N --gpus-per-node G [options] [--dry-run]
+sail slurm status RUN_DIR"""
 
 
 class UsageError(ValueError):
@@ -43,17 +46,19 @@ def _externally_launched() -> bool:
 
 
 def cmd_train(args: list[str]) -> int:
+    if _externally_launched():  # this process is a rank: keep a scheduler's early warning
+        from megatron_sail.training.signals import record_early_signals
+
+        record_early_signals()
     from megatron_sail.checkpointing.layout_files import CheckpointError
     from megatron_sail.config import ConfigError, load_config
     from megatron_sail.config.layout import resolve_layout
-    from megatron_sail.training.trainer import transformer_engine_available
+    from megatron_sail.distributed.runtime import detect_env, transformer_engine_available
 
     config, overrides, nproc = _split_train_args(args)
     try:
         cfg = load_config(config, overrides)
         if _externally_launched():
-            from megatron_sail.distributed.runtime import detect_env
-
             world = detect_env().world_size
             if nproc > 1:
                 raise UsageError("--nproc-per-node is for local launches; under torchrun/srun "

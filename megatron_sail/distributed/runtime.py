@@ -4,6 +4,7 @@ torchrun, srun, or a plain single process."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 from dataclasses import dataclass
@@ -24,6 +25,14 @@ class DistEnv:
     launcher: str  # local | torchrun | slurm | single
 
 
+def transformer_engine_available() -> bool:
+    try:
+        import transformer_engine  # noqa: F401
+    except Exception:  # ImportError, or OSError for missing CUDA libraries
+        return False
+    return True
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -39,7 +48,14 @@ def _slurm_master_addr() -> str:
                              text=True, check=True, timeout=30).stdout.split()
         return out[0]
     except (OSError, subprocess.SubprocessError, IndexError):
-        return nodes.split(",")[0]
+        return first_host(nodes)
+
+
+def first_host(nodelist: str) -> str:
+    """First host of a SLURM hostlist without scontrol: ``gpu[003-010,12],cpu1`` -> ``gpu003``."""
+    head = re.match(r"([^,\[]*)(?:\[([^\]]*)\])?", nodelist.strip())
+    prefix, ranges = head.group(1), head.group(2)
+    return prefix + re.split(r"[-,]", ranges)[0] if ranges else prefix
 
 
 def detect_env() -> DistEnv:
@@ -68,7 +84,8 @@ def detect_env() -> DistEnv:
 def init_process_group(env: DistEnv) -> None:
     """NCCL on GPUs; gloo on CPU with the CUDA-to-CPU layer that Megatron-Core needs there."""
     if torch.cuda.is_available():
-        torch.cuda.set_device(env.local_rank)
+        # modulo: under srun --gpus-per-task / --gpu-bind each task may see only its own GPU(s)
+        torch.cuda.set_device(env.local_rank % torch.cuda.device_count())
         backend = "nccl"
     else:
         from megatron_sail.distributed import cpu_compat

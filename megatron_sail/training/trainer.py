@@ -19,7 +19,9 @@ from megatron_sail.config.layout import Layout, resolve_layout
 from megatron_sail.data.batches import GlobalBatches
 from megatron_sail.data.synthetic_dataset import MismatchedImages, SyntheticCaptionDataset
 from megatron_sail.data.tokenizer import SentencePieceTokenizer, load_or_train_synthetic_tokenizer
-from megatron_sail.distributed.runtime import DistEnv, init_model_parallel, init_process_group
+from megatron_sail.distributed.runtime import (
+    DistEnv, init_model_parallel, init_process_group, transformer_engine_available,
+)
 from megatron_sail.models.builder import build_model
 from megatron_sail.training.metrics import MetricsWriter, Progress, truncate_after
 from megatron_sail.training.moe_metrics import RoutingStats
@@ -33,14 +35,6 @@ class TrainState:
     iteration: int = 0
     consumed_samples: int = 0
     lr_decay_iters: int = 0
-
-
-def transformer_engine_available() -> bool:
-    try:
-        import transformer_engine  # noqa: F401
-    except Exception:  # ImportError, or OSError for missing CUDA libraries
-        return False
-    return True
 
 
 def _print0(*args) -> None:

@@ -21,6 +21,9 @@ def run_worker(config_path: str | None, overrides: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from megatron_sail.training.signals import record_early_signals
+
+    record_early_signals()
     from megatron_sail.checkpointing.layout_files import CheckpointError
     from megatron_sail.config import ConfigError
 

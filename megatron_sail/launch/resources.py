@@ -1,0 +1,66 @@
+"""What a job asks SLURM for: nodes, tasks, GPUs and the optional limits."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from megatron_sail.launch.site import SiteProfile
+
+
+class RequestError(ValueError):
+    """An impossible resource request; the message names the option."""
+
+
+# MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS
+_TIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$|^(UNLIMITED|INFINITE)$")
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    nodes: int
+    gpus_per_node: int
+    ntasks_per_node: int
+    partition: str | None = None
+    time: str | None = None
+    account: str | None = None
+    cpus_per_task: int | None = None
+    mem: str | None = None
+    exclusive: bool = False
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.ntasks_per_node
+
+
+def make_request(nodes: int, gpus_per_node: int, ntasks_per_node: int | None,
+                 site: SiteProfile, partition: str | None = None, time: str | None = None,
+                 account: str | None = None, cpus_per_task: int | None = None,
+                 mem: str | None = None) -> JobRequest:
+    """One task per GPU unless told otherwise; GPU jobs take the site's whole-node defaults,
+    CPU jobs request nothing beyond their tasks unless given."""
+    if nodes < 1:
+        raise RequestError(f"--nodes must be >= 1, got {nodes}")
+    if gpus_per_node < 0:
+        raise RequestError(f"--gpus-per-node must be >= 0, got {gpus_per_node}")
+    if ntasks_per_node is None:
+        if gpus_per_node == 0:
+            raise RequestError("--gpus-per-node 0 (a CPU job) needs --ntasks-per-node")
+        ntasks_per_node = gpus_per_node
+    if ntasks_per_node < 1:
+        raise RequestError(f"--ntasks-per-node must be >= 1, got {ntasks_per_node}")
+    if gpus_per_node and ntasks_per_node > gpus_per_node:
+        raise RequestError(f"--ntasks-per-node {ntasks_per_node} exceeds --gpus-per-node "
+                           f"{gpus_per_node}: ranks would share GPUs")
+    if time is not None and not _TIME.match(time):
+        raise RequestError(f"--time {time!r} is not a SLURM time (MM, HH:MM:SS, D-HH[:MM[:SS]])")
+    if cpus_per_task is not None and cpus_per_task < 1:
+        raise RequestError(f"--cpus-per-task must be >= 1, got {cpus_per_task}")
+    gpu = site.gpu_job if gpus_per_node else None
+    return JobRequest(
+        nodes=nodes, gpus_per_node=gpus_per_node, ntasks_per_node=ntasks_per_node,
+        partition=partition, time=time, account=account,
+        cpus_per_task=cpus_per_task if cpus_per_task is not None else (gpu and gpu.cpus_per_task),
+        mem=mem if mem is not None else (gpu and gpu.mem),
+        exclusive=bool(gpu and gpu.exclusive),
+    )
