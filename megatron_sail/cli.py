@@ -10,7 +10,10 @@ USAGE = """sail train CONFIG.yaml [key=value ...] [--nproc-per-node N]
 sail plot RUN_DIR [--out FILE.png]
 sail slurm submit CONFIG.yaml [key=value ...] --nodes N --gpus-per-node G [options] [--dry-run]
 sail slurm sweep SWEEP.yaml --nodes N --gpus-per-node G [options] [--dry-run]
-sail slurm status RUN_DIR"""
+sail slurm status RUN_DIR
+sail flops --preset NAME --seq-length L [--tiles T] [--freeze ...] [--json]
+sail plan --preset NAME --gpus N [--gpu-mem 80]
+sail scaling sweep SWEEP.yaml | sail scaling fit RUN_DIR..."""
 
 
 class UsageError(ValueError):

@@ -112,6 +112,16 @@ class RunConfig:
 
 
 @dataclass
+class HardwareConfig:
+    """What MFU is measured against (metrics: model_tflops_per_device, mfu)."""
+
+    gpu: str = "h100"  # h100 | h100-pcie | h200
+    # Dense TFLOP/s per device; None: the GPU's bf16 peak (fp8 peak with model.fp8).
+    # On a CPU, mfu is logged only when this is set.
+    peak_tflops: Optional[float] = None
+
+
+@dataclass
 class SailConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
@@ -120,3 +130,4 @@ class SailConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     data: DataConfig = field(default_factory=DataConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)

@@ -25,6 +25,7 @@ from megatron_sail.distributed.runtime import (
 from megatron_sail.models.builder import build_model
 from megatron_sail.training.metrics import MetricsWriter, Progress, truncate_after
 from megatron_sail.training.moe_metrics import RoutingStats
+from megatron_sail.scaling.mfu import ThroughputMeter
 from megatron_sail.training.optimizer import build_optimizer, build_scheduler, wrap_ddp
 from megatron_sail.training.signals import StopRequest
 from megatron_sail.training.step import run_step
@@ -90,6 +91,12 @@ class Trainer:
         self.layout: Layout = resolve_layout(cfg, env.world_size, torch.cuda.is_available(),
                                              transformer_engine_available())
         init_model_parallel(self.layout, cfg.train.seed)
+        try:
+            self.throughput = ThroughputMeter.for_run(
+                cfg, env.world_size, torch.cuda.is_available(), cfg.hardware.gpu,
+                cfg.hardware.peak_tflops)
+        except ValueError as exc:  # unknown hardware.gpu / non-positive peak
+            raise ConfigError(str(exc)) from None
         self.output_dir = Path(cfg.run.output_dir)
         self.ckpt_root = self.output_dir / "checkpoints"
         if env.rank == 0:
@@ -235,6 +242,7 @@ class Trainer:
                 "loss_tokens": int(result.num_tokens),
                 "consumed_samples": state.consumed_samples,
                 "step_time_s": elapsed,
+                **self.throughput.metrics(elapsed),
             }
             if train.eval_interval and state.iteration % train.eval_interval == 0:
                 for chunk in self.model:
