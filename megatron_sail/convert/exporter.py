@@ -1,0 +1,139 @@
+"""``sail convert export-hf``: a megatron_sail checkpoint (any TP/PP it was saved with, with
+or without optimizer state) -> the official SAIL-VL2 release layout.
+
+Runs in one process without Megatron: tensors are read from the distributed checkpoint one
+layer at a time, converted by the mapping table and streamed into safetensors shards, so
+memory stays at about one layer. ``--reference`` adds the release's code, tokenizer and
+processor files and keeps ``auto_map``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from megatron_sail.checkpointing.layout_files import resolve_checkpoint
+from megatron_sail.config import SailConfig, config_from_dict
+from megatron_sail.convert import hf_config
+from megatron_sail.convert.dcp_reader import DistCheckpointReader
+from megatron_sail.convert.errors import ConversionError
+from megatron_sail.convert.kinds import Mapping
+from megatron_sail.convert.progress import Progress
+from megatron_sail.convert.outputs import staging_dir
+from megatron_sail.convert.safetensors_io import (
+    DTYPE_NAMES, INDEX_FILE, SINGLE_FILE, PlannedTensor, ShardedWriter, parse_size,
+)
+from megatron_sail.convert.tables import Table, sailvl_release
+
+# Release files carried over from --reference (config.json is regenerated, weights are ours).
+REFERENCE_FILES = ("*.py", "tokenizer*", "vocab.json", "merges.txt", "added_tokens.json",
+                   "special_tokens_map.json", "preprocessor_config.json", "generation_config.json",
+                   "chat_template*")
+_TORCH_DTYPE = {torch.bfloat16: "bfloat16", torch.float32: "float32", torch.float16: "float16"}
+
+
+@dataclass
+class ExportReport:
+    out: Path
+    source: Path
+    tensors: int
+    bytes: int
+    seconds: float
+
+
+def read_batches(table: Table) -> list[list[tuple[Mapping, Optional[int]]]]:
+    """Conversion order: runs of per-layer mappings go layer by layer (one checkpoint read
+    per layer of a run), everything else one mapping at a time."""
+    batches: list[list[tuple[Mapping, Optional[int]]]] = []
+    run: list[Mapping] = []
+
+    def flush() -> None:
+        for layer in range(run[0].layers if run else 0):
+            batches.append([(m, layer) for m in run])
+        run.clear()
+
+    for m in table.mappings:
+        if m.layers and run and run[0].layers == m.layers:
+            run.append(m)
+            continue
+        flush()
+        if m.layers:
+            run.append(m)
+        else:
+            batches.append([(m, None)])
+    flush()
+    return batches
+
+
+def open_checkpoint(path: str | Path) -> tuple[Path, DistCheckpointReader, SailConfig, dict]:
+    ckpt_dir = resolve_checkpoint(path)
+    reader = DistCheckpointReader(ckpt_dir)
+    common = reader.common()
+    return ckpt_dir, reader, config_from_dict(common["config"]), common
+
+
+def _reference_base(reference: Path, model) -> dict:
+    base = hf_config.read_json(reference / "config.json")
+    ref_model = hf_config.release_model(base, has_lm_head=not model.llm.tie_word_embeddings)
+    diff = hf_config.architecture_differences(ref_model, model)
+    if diff:
+        raise ConversionError(f"{reference}: --reference describes another model "
+                              f"(reference vs checkpoint):\n  - " + "\n  - ".join(diff))
+    return base
+
+
+def export_checkpoint(ckpt: str | Path, out: str | Path, reference: Optional[str | Path] = None,
+                      max_shard_size: str = "5GB", progress: bool = True) -> ExportReport:
+    start = time.perf_counter()
+    ckpt_dir, reader, cfg, common = open_checkpoint(ckpt)
+    model = cfg.model
+    if model.llm.is_moe:
+        raise ConversionError(f"{ckpt_dir}: Qwen3-MoE export is not supported yet")
+    table = sailvl_release(model)
+    reader.check(table.megatron_shapes())
+    base = _reference_base(Path(reference), model) if reference else common.get("hf_config")
+
+    batches = read_batches(table)
+    shapes = table.export_shapes()
+    plan = [PlannedTensor(name, reader.dtype(m.megatron), shapes[name])
+            for batch in batches for m, layer in batch for name in m.export_names(layer)]
+    unknown = sorted({str(t.dtype) for t in plan if t.dtype not in DTYPE_NAMES})
+    if unknown:
+        raise ConversionError(f"{ckpt_dir}: tensors stored as {unknown} cannot be written")
+    dtype = _TORCH_DTYPE.get(reader.dtype("language_model.embedding.word_embeddings.weight"),
+                             "float32")
+
+    with staging_dir(out) as tmp:
+        writer = ShardedWriter(tmp, plan, parse_size(max_shard_size))
+        bar = Progress("export", len(plan), progress)
+        done = written = 0
+        try:
+            for batch in batches:
+                tensors = reader.read([(m.megatron, layer) for m, layer in batch])
+                for (m, layer), tensor in zip(batch, tensors):
+                    for name, value in zip(m.export_names(layer), m.to_hf(tensor)):
+                        writer.write(name, value)
+                        done, written = done + 1, written + value.numel() * value.element_size()
+                        bar.update(done, written)
+            writer.finish()
+        finally:
+            writer.abort()
+        config = hf_config.release_config(model, dtype, base, keep_auto_map=reference is not None)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        if reference:
+            _copy_reference(Path(reference), tmp)
+    return ExportReport(Path(out), ckpt_dir, len(plan), written, time.perf_counter() - start)
+
+
+def _copy_reference(reference: Path, dest: Path) -> None:
+    skip = {"config.json", INDEX_FILE, SINGLE_FILE}
+    for pattern in REFERENCE_FILES:
+        for src in sorted(reference.glob(pattern)):
+            if src.is_file() and src.name not in skip and not src.name.endswith(".safetensors"):
+                shutil.copy2(src, dest / src.name)

@@ -1,0 +1,86 @@
+"""Run a conversion job on N fresh rank processes (CPU, gloo) and collect their results.
+
+Each rank is ``python -m megatron_sail.convert.worker``; conversions always run on CPU (the
+GPU paths of Megatron's initialisation are not needed to move weights). The first rank to
+fail stops the others, and its error - not a hang or a traceback of a peer - is raised.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from megatron_sail.convert.errors import ConversionError
+from megatron_sail.distributed.runtime import free_port
+
+
+def run_ranks(job: str, spec: dict, world_size: int) -> list[dict]:
+    with tempfile.TemporaryDirectory(prefix="sail-convert-") as tmp:
+        spec_path = Path(tmp) / "spec.json"
+        spec_path.write_text(json.dumps(dict(spec, job=job)))
+        port = free_port()
+        cores = max(1, (os.cpu_count() or 1) // world_size)
+        threads = os.environ.get("OMP_NUM_THREADS") or str(cores)
+        procs = []
+        try:
+            for rank in range(world_size):
+                env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world_size),
+                           LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world_size),
+                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                           SAIL_LAUNCHER="convert", CUDA_VISIBLE_DEVICES="",
+                           OMP_NUM_THREADS=threads)
+                cmd = [sys.executable, "-m", "megatron_sail.convert.worker", str(spec_path)]
+                # own process group: stopping a rank also stops the writer processes that
+                # Megatron's checkpoint saving starts
+                procs.append(subprocess.Popen(cmd, env=env, start_new_session=True))
+            codes = _wait(procs)
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    _kill_group(proc)
+        results = []
+        for rank, code in enumerate(codes):
+            path = Path(tmp) / f"rank{rank}.json"
+            results.append(json.loads(path.read_text()) if path.is_file()
+                           else {"ok": False, "error": f"rank {rank} exited with code {code}"})
+    failed = [r for r in results if not r.get("ok")]
+    if failed:
+        # Prefer a clear error (exit code 2) over the peers' fallout.
+        first = min(failed, key=lambda r: ("Traceback" in r["error"], "exited with" in r["error"]))
+        raise ConversionError(first["error"])
+    return results
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def _wait(procs: list[subprocess.Popen]) -> list[int]:
+    """Exit codes; after the first failure the others get 15 s to report, then stop."""
+    deadline = None
+    while True:
+        codes = [p.poll() for p in procs]
+        if all(c is not None for c in codes):
+            return codes
+        if deadline is None and any(c not in (None, 0) for c in codes):
+            deadline = time.monotonic() + 15
+        if deadline is not None and time.monotonic() > deadline:
+            for p in procs:
+                if p.poll() is None:
+                    _kill_group(p)
+            return [p.wait() for p in procs]
+        time.sleep(0.1)
+
+
+def peak_rss(results: list[dict]) -> int:
+    return sum(r.get("peak_rss", 0) for r in results)

@@ -1,0 +1,130 @@
+"""Entry point of one conversion rank: ``python -m megatron_sail.convert.worker SPEC.json``.
+
+Started by ``procs.run_ranks`` with torchrun-style environment variables; runs one job on
+the Megatron layout the spec's config describes and leaves ``rank<N>.json`` with its result
+(or its error) next to the spec.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import traceback
+import warnings
+from pathlib import Path
+
+
+def _write_job(spec: dict, cfg, layout) -> dict:
+    import dataclasses
+    import time
+
+    import torch
+
+    from megatron_sail.checkpointing.dist_ckpt import load_checkpoint, save_checkpoint
+    from megatron_sail.checkpointing.layout_files import iteration_dir
+    from megatron_sail.config import config_to_dict
+    from megatron_sail.convert import megatron_side as ms
+    from megatron_sail.convert.sources import PRECISIONS, Values
+
+    clock = [time.perf_counter()]
+    chunks = ms.build_empty(cfg, layout)
+    values = Values.from_spec(spec["source"], cfg.model, PRECISIONS[cfg.train.precision])
+    ms.fill(chunks, values, show_progress=torch.distributed.get_rank() == 0 and spec["progress"])
+    before = ms.fingerprints(chunks)
+    clock.append(time.perf_counter())
+    common = {"config": config_to_dict(cfg), "converted_from": spec["origin"]}
+    if spec.get("hf_config") is not None:
+        common["hf_config"] = spec["hf_config"]  # non-architecture fields, for export
+    marker = {"iteration": 0, "consumed_samples": 0, "pp_tp": [layout.pp, layout.tp],
+              "layout": dataclasses.asdict(layout), "format": "megatron-dist-ckpt/torch_dist",
+              "converted_from": spec["origin"]}
+    root = Path(spec["root"])
+    save_checkpoint(root, 0, chunks, None, common, marker)
+    clock.append(time.perf_counter())
+    # Reload-verify at the same layout: every parameter must come back bit for bit.
+    ms.poison(chunks)
+    load_checkpoint(iteration_dir(root, 0), chunks, optimizer=None, restore_rng=False)
+    after = ms.fingerprints(chunks)
+    bad = ms.mismatches_everywhere([n for n in before if before[n] != after[n]])
+    clock.append(time.perf_counter())
+    seconds = [b - a for a, b in zip(clock, clock[1:])]
+    return {"reload_mismatches": bad, "parameters": len(before),
+            "seconds": dict(zip(("fill", "save", "reload"), seconds))}
+
+
+def _forward_job(spec: dict, cfg, layout) -> dict:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from megatron_sail.checkpointing.dist_ckpt import load_checkpoint
+    from megatron_sail.convert import megatron_side as ms
+    from megatron_sail.convert.hf_config import architecture_differences
+    from megatron_sail.config import config_from_dict
+    from megatron_sail.checkpointing.layout_files import CheckpointError
+
+    def same_model(common: dict) -> None:
+        diff = architecture_differences(cfg.model, config_from_dict(common["config"]).model)
+        if diff:
+            raise CheckpointError(f"{spec['ckpt']}: architecture changed: {diff}")
+
+    chunks = ms.build_empty(cfg, layout)
+    load_checkpoint(Path(spec["ckpt"]), chunks, optimizer=None, restore_rng=False,
+                    validate=same_model)
+    inputs = load_file(spec["inputs"])
+    pixels = inputs.get("pixel_values")
+    logits = ms.forward_logits(chunks, layout, inputs["input_ids"],
+                               None if pixels is None else pixels.to(torch.float32),
+                               cfg.model.llm.vocab_size, spec["pad_id"])
+    if logits is not None and ms.is_logits_writer():
+        save_file({"logits": logits.contiguous()}, spec["out"])
+    return {}
+
+
+JOBS = {"write": _write_job, "forward": _forward_job}
+
+
+def main(argv: list[str]) -> int:
+    warnings.filterwarnings("ignore", module=r"megatron\..*")
+    warnings.filterwarnings("ignore", message=r".*(Apex|Transformer Engine) (is|are) not installed")
+    warnings.filterwarnings("ignore", message=r".*use DTensor instead.*", category=FutureWarning)
+    spec_path = Path(argv[0])
+    spec = json.loads(spec_path.read_text())
+    rank = int(os.environ["RANK"])
+    result: dict = {}
+    code = 0
+    try:
+        from megatron_sail.checkpointing.layout_files import CheckpointError
+        from megatron_sail.config import ConfigError, config_from_dict
+        from megatron_sail.config.layout import resolve_layout
+        from megatron_sail.convert.errors import ConversionError
+        from megatron_sail.distributed.runtime import (
+            detect_env, init_model_parallel, init_process_group,
+        )
+
+        env = detect_env()
+        init_process_group(env)
+        cfg = config_from_dict(spec["config"])
+        layout = resolve_layout(cfg, env.world_size)
+        init_model_parallel(layout, cfg.train.seed)
+        result = JOBS[spec["job"]](spec, cfg, layout)
+        result["ok"] = True
+    except (ConversionError, CheckpointError, ConfigError) as exc:
+        result, code = {"ok": False, "error": str(exc)}, 2
+    except BaseException:  # noqa: BLE001 - reported to the parent, then exit non-zero
+        result, code = {"ok": False, "error": traceback.format_exc()}, 1
+    result["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    out = spec_path.parent / f"rank{rank}.json"
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result))
+    os.replace(tmp, out)  # before shutting down: a failed peer may leave collectives hanging
+    if code == 0:
+        from megatron_sail.distributed.runtime import shutdown
+
+        shutdown()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

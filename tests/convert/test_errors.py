@@ -1,0 +1,154 @@
+"""Bad input gives one clear error naming every offending tensor or field, before any rank
+process starts; an interrupted conversion leaves no output behind."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import torch
+
+from megatron_sail.convert import cli, forward_cli
+from megatron_sail.convert.forward import write_inputs
+from tests.convert.fixtures import save_sharded
+from tests.convert.test_roundtrip import load_dir
+from tests.helpers import REPO
+
+
+def broken(release_dir: Path, dest: Path, change) -> Path:
+    """A copy of a release whose tensors (dict) and config (dict) ``change`` edits."""
+    shutil.copytree(release_dir, dest,
+                    ignore=shutil.ignore_patterns("*.safetensors", "*.index.json"))
+    tensors = load_dir(release_dir)
+    config = json.loads((release_dir / "config.json").read_text())
+    change(tensors, config)
+    save_sharded(dest, tensors)
+    (dest / "config.json").write_text(json.dumps(config))
+    return dest
+
+
+def import_error(capsys, hf: Path, out: Path, *extra) -> str:
+    code = cli.main(["import-hf", "--hf", str(hf), "--out", str(out), *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("sail convert import-hf: error:"), err
+    assert "Traceback" not in err and not out.exists()
+    return err
+
+
+def test_missing_unexpected_and_misshapen_tensors_are_listed(capsys, release, tmp_path):
+    def change(t, cfg):
+        del t["language_model.model.layers.3.mlp.up_proj.weight"]
+        del t["vision_model.trunk.blocks.1.attn.qkv.weight"]
+        t["vision_model.trunk.blocks.1.attn.qkv.bias"] = torch.zeros(192)
+        t["mlp1.1.weight"] = torch.zeros(64, 255)
+
+    err = import_error(capsys, broken(release("fp32"), tmp_path / "hf", change), tmp_path / "out")
+    assert "missing tensors (2):" in err
+    assert "language_model.model.layers.3.mlp.up_proj.weight" in err
+    assert "vision_model.trunk.blocks.1.attn.qkv.weight" in err
+    assert "unexpected tensors (1):\n    vision_model.trunk.blocks.1.attn.qkv.bias" in err
+    assert "mlp1.1.weight: [64, 255] in the checkpoint, [64, 256] expected" in err
+
+
+def test_config_mismatch_and_unsupported_config(capsys, release, tmp_path):
+    def wider(t, cfg):
+        cfg["llm_config"]["intermediate_size"] = 192
+
+    err = import_error(capsys, broken(release("fp32"), tmp_path / "a", wider), tmp_path / "out")
+    assert "shape mismatches (12):" in err and "mlp.gate_proj.weight: [160, 64]" in err
+
+    def unsupported(t, cfg):
+        cfg["ps_version"] = "v1"
+        cfg["llm_config"]["model_type"] = "qwen3_moe"
+        cfg["llm_config"]["rope_scaling"] = {"rope_type": "yarn", "factor": 4.0}
+        cfg["vision_config"]["qkv_bias"] = True
+
+    hf = broken(release("fp32"), tmp_path / "b", unsupported)
+    err = import_error(capsys, hf, tmp_path / "out")
+    for text in ("ps_version='v1'", "qwen3_moe", "rope scaling 'yarn'",
+                 "vision_config.qkv_bias=True"):
+        assert text in err, text
+
+
+def test_dtypes(capsys, release, tmp_path):
+    def mixed(t, cfg):
+        t["mlp1.0.weight"] = t["mlp1.0.weight"].half()
+        t["mlp1.0.bias"] = t["mlp1.0.bias"].to(torch.int32)
+
+    hf = broken(release("fp32"), tmp_path / "hf", mixed)
+    err = import_error(capsys, hf, tmp_path / "out")
+    assert "unsupported dtypes" in err and "mlp1.0.bias: I32" in err
+
+    def half(t, cfg):
+        t["mlp1.0.weight"] = t["mlp1.0.weight"].half()
+
+    err = import_error(capsys, broken(release("fp32"), tmp_path / "hf2", half), tmp_path / "out")
+    assert "stored as F16 x1, F32 x71; pass --dtype bf16 or --dtype fp32" in err
+
+
+def test_layout_and_output_errors(capsys, release, tmp_path):
+    err = import_error(capsys, release("fp32"), tmp_path / "out", "--tp", "3")
+    assert "--tp 3" in err and "does not divide the LLM's 4 attention heads" in err
+    err = import_error(capsys, release("fp32"), tmp_path / "out", "--ep", "2")
+    assert "expert_model_parallel_size=2" in err
+    (tmp_path / "exists").mkdir()
+    code = cli.main(["import-hf", "--hf", str(release("fp32")), "--out", str(tmp_path / "exists")])
+    assert code == 2 and "already exists" in capsys.readouterr().err
+    err = import_error(capsys, tmp_path / "nowhere", tmp_path / "out")
+    assert "nowhere/config.json: not found" in err
+
+
+def test_export_verify_forward_errors(capsys, release, imported, tmp_path):
+    code = cli.main(["export-hf", "--ckpt", str(tmp_path / "none"), "--out", str(tmp_path / "o")])
+    assert code == 2 and "does not exist" in capsys.readouterr().err
+    # a checkpoint whose stored config no longer matches its tensors
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(imported("fp32"), ckpt)
+    common_path = ckpt / "iter_0000000" / "common.pt"
+    common = torch.load(common_path, weights_only=True)
+    common["sail"]["config"]["model"]["llm"]["ffn_hidden_size"] = 192
+    torch.save(common, common_path)
+    code = cli.main(["export-hf", "--ckpt", str(ckpt), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "shape mismatches" in err
+    assert "linear_fc2.weight: [4, 64, 160] stored" in err
+    assert not (tmp_path / "o").exists()
+    # verify refuses two different models before running anything
+    code = cli.main(["verify", "--hf", str(release("bf16")), "--ckpt", str(ckpt)])
+    assert code == 2 and "model.llm.ffn_hidden_size: 160 vs 192" in capsys.readouterr().err
+    # bad forward inputs
+    inputs = tmp_path / "in.safetensors"
+    write_inputs(inputs, torch.full((1, 20), 7), torch.zeros(1, 3, 112, 112))
+    code = forward_cli.main(["--ckpt", str(imported("fp32")), "--inputs", str(inputs), "--out",
+                             str(tmp_path / "l.safetensors"), "--img-context-token-id", "7"])
+    err = capsys.readouterr().err
+    assert code == 2 and "1 tiles give 16 visual tokens but input_ids has 20 <IMG_CONTEXT>" in err
+    write_inputs(inputs, torch.full((1, 4), 400), None)
+    code = forward_cli.main(["--ckpt", str(imported("fp32")), "--inputs", str(inputs), "--out",
+                             str(tmp_path / "l.safetensors")])
+    assert code == 2 and "input_ids must lie in [0, 300)" in capsys.readouterr().err
+
+
+def test_interrupted_import_leaves_nothing(release, tmp_path):
+    out = tmp_path / "ckpt"
+    proc = subprocess.Popen([sys.executable, "-m", "megatron_sail.cli", "convert", "import-hf",
+                             "--hf", str(release("fp32")), "--out", str(out), "--pp", "2"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".ckpt.partial-*/iter_*")):  # the ranks are writing
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+        time.sleep(0.05)
+    ranks = psutil.Process(proc.pid).children(recursive=True)
+    assert ranks
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM and "interrupted" in output, output
+    assert not out.exists() and not list(tmp_path.iterdir()), list(tmp_path.iterdir())
+    _, alive = psutil.wait_procs(ranks, timeout=10)
+    assert not alive  # no rank process left behind

@@ -1,0 +1,87 @@
+"""Logits parity with the transformers-based reference (fp32, 1e-4): ``verify`` at PP=2 with
+tied embeddings, ``sail forward`` loading imports at another TP than they were written with,
+and a checkpoint made by ``init-from``, trained two steps, exported and verified at TP=1."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from megatron_sail.convert import cli, forward_cli
+from megatron_sail.convert.forward import write_inputs
+from megatron_sail.convert.reference import ReleaseReference
+from megatron_sail.convert.verify import make_inputs
+from tests.convert.fixtures import write_base_models
+from tests.convert.test_roundtrip import load_dir
+
+LIMIT = 1e-4  # fp32
+
+
+def run_verify(capsys, hf, ckpt, *extra) -> float:
+    code = cli.main(["verify", "--hf", str(hf), "--ckpt", str(ckpt), *extra])
+    captured = capsys.readouterr()
+    out = captured.out
+    print(out, captured.err[-3000:])
+    assert code == 0 and "verify: OK" in out
+    return float(re.search(r"max abs diff (\S+)", out).group(1))
+
+
+def test_verify_pp2_tied_embeddings(capsys, release, imported):
+    assert run_verify(capsys, release("tied"), imported("tied"), "--pp", "2") <= LIMIT
+
+
+@pytest.mark.parametrize("name, tp", [("fp32", 2), ("bf16", 1)])
+def test_sail_forward_on_another_layout_matches_reference(name, tp, release, imported, tmp_path):
+    """Imports written at TP=1 (fp32) and TP=2 (bf16), each run at the other TP."""
+    hf = release(name)
+    reference = ReleaseReference(hf)
+    img = 7
+    ids, pixels = make_inputs(reference.model, img, seed=3, tiles=2, text=9)  # odd length: SP pads
+    inputs, out = tmp_path / "in.safetensors", tmp_path / "out.safetensors"
+    write_inputs(inputs, ids, pixels)
+    code = forward_cli.main(["--ckpt", str(imported(name)), "--inputs", str(inputs), "--out",
+                             str(out), "--tp", str(tp), "--img-context-token-id", str(img)])
+    assert code == 0
+    logits = load_file(str(out))["logits"]
+    expected = reference.logits(ids, pixels, img)
+    assert logits.dtype == torch.float32 and logits.shape == expected.shape == (2, 25, 300)
+    diff = float((logits - expected).abs().max())
+    print(f"sail forward --tp {tp} on the {name} import vs reference: max abs diff {diff:.3e}")
+    assert diff <= LIMIT
+
+
+def test_init_from_train_export_verify(capsys, sail, tmp_path):
+    from megatron_sail.models.init import initial_value
+    from tests.convert.fixtures import aimv2_to_release
+
+    vision_dir, llm_dir = write_base_models(tmp_path, tied=True)
+    ckpt = tmp_path / "init"
+    assert cli.main(["init-from", "--vision", str(vision_dir), "--llm", str(llm_dir), "--out",
+                     str(ckpt), "--seed", "7"]) == 0
+    overrides = capsys.readouterr().out.split("checkpoint.load=")[1].split()[1:]
+
+    # the new checkpoint holds the base models' weights and a fresh adapter
+    exported = tmp_path / "init_hf"
+    assert cli.main(["export-hf", "--ckpt", str(ckpt), "--out", str(exported)]) == 0
+    got = load_dir(exported)
+    vision = aimv2_to_release(load_file(str(vision_dir / "model.safetensors")))
+    llm = load_file(str(llm_dir / "model.safetensors"))
+    assert all(torch.equal(got[k], v) for k, v in vision.items())
+    assert all(torch.equal(got["language_model." + k], v) for k, v in llm.items())
+    fresh = initial_value("adapter.mlp.linear_fc1.weight", (64, 256), 7, (), 0.02,
+                          {"llm": 4, "vision": 2})
+    assert torch.equal(got["mlp1.1.weight"], fresh)
+    assert not got["mlp1.1.bias"].any() and torch.equal(got["mlp1.0.weight"], torch.ones(256))
+
+    run = tmp_path / "run"
+    sail.train(run, f"checkpoint.load={ckpt}", "train.train_iters=2",
+               "checkpoint.save_interval=null", "train.eval_interval=null",
+               "run.tensorboard=false", *overrides, nproc=1)
+    trained = tmp_path / "trained_hf"
+    assert cli.main(["export-hf", "--ckpt", str(run / "checkpoints"), "--out", str(trained)]) == 0
+    after = load_dir(trained)
+    assert not torch.equal(after["mlp1.1.weight"], got["mlp1.1.weight"])  # it did train
+    assert run_verify(capsys, trained, run / "checkpoints") <= LIMIT
