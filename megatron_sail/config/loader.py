@@ -118,16 +118,18 @@ def _leaf_origins(tree: dict, origin: str, prefix: str = "") -> dict[str, str]:
     return out
 
 
-def read_yaml(path: str | Path) -> dict:
+def read_yaml(path: str | Path, error: type[Exception] = ConfigError,
+              what: str = "config file") -> dict:
+    """A YAML file whose top level is a mapping; problems raise ``error`` naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise error(f"{what} not found: {path}")
     try:
         tree = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise error(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(tree, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        raise error(f"{path}: the top level must be a mapping")
     return tree
 
 

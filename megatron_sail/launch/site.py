@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from megatron_sail.config.loader import read_yaml
 
 SLURM_DIR = Path(__file__).resolve().parents[2] / "slurm"  # templates + default profile
 DEFAULT_PROFILE = SLURM_DIR / "site.yaml"
@@ -57,15 +57,7 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 def _read(path: Path) -> dict:
-    if not path.is_file():
-        raise SiteError(f"site profile not found: {path}")
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise SiteError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(tree, dict):
-        raise SiteError(f"{path}: the top level must be a mapping")
-    return tree
+    return read_yaml(path, SiteError, "site profile")
 
 
 def _section(tree: dict, name: str, cls, where: str):

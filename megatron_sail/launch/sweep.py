@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
+from megatron_sail.config.loader import read_yaml
 
 KNOWN_KEYS = {"config", "overrides", "grid", "list", "max_parallel"}
 
@@ -78,14 +78,7 @@ def _mapping(tree: dict, key: str, path: Path) -> dict:
 
 def load_sweep(path: str | Path) -> Sweep:
     path = Path(path)
-    if not path.is_file():
-        raise SweepError(f"sweep file not found: {path}")
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise SweepError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(tree, dict):
-        raise SweepError(f"{path}: the top level must be a mapping")
+    tree = read_yaml(path, SweepError, "sweep file")
     unknown = set(tree) - KNOWN_KEYS
     if unknown:
         raise SweepError(f"{path}: unknown key(s) {sorted(unknown)} (known: {sorted(KNOWN_KEYS)})")
