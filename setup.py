@@ -23,10 +23,15 @@ setup(
         "safetensors>=0.4",
         "psutil>=5.9",
         "matplotlib>=3.7",
+        "tokenizers>=0.19",  # the release's Qwen tokenizer files
     ],
     extras_require={
         "te": ["transformer-engine[pytorch]>=1.13"],
-        "test": ["pytest>=8.0", "transformers>=4.57"],
+        # Media decoding: DALI wheels are built per CUDA major version, so the user picks the
+        # flavour matching the cluster's driver; PyAV decodes what DALI's CPU backend cannot.
+        "dali-cuda12": ["nvidia-dali-cuda120>=1.40", "av>=12"],
+        "dali-cuda13": ["nvidia-dali-cuda130>=2.0", "av>=12"],
+        "test": ["pytest>=8.0", "transformers>=4.57", "nvidia-dali-cuda120>=1.40", "av>=12"],
     },
     entry_points={"console_scripts": ["sail=megatron_sail.cli:main"]},
 )
