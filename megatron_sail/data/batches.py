@@ -21,11 +21,17 @@ class MicroBatch:
     labels: torch.Tensor  # [b, s]
     loss_mask: torch.Tensor  # [b, s] float, 1 where the loss counts
     pixel_values: Optional[torch.Tensor]  # [tiles, 3, H, W] for all samples, in order
+    # Packed rows (b == 1): sample boundaries in the row, int32 [n + 1], starting at 0 and
+    # ending at s (trailing padding is a segment of its own, outside the loss); position ids
+    # restart at 0 in every segment. None: one sample per row, causal over the whole row.
+    cu_seqlens: Optional[torch.Tensor] = None
+    max_seqlen: Optional[int] = None
 
     def to(self, device: torch.device) -> "MicroBatch":
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
         return MicroBatch(move(self.tokens), move(self.position_ids), move(self.labels),
-                          move(self.loss_mask), move(self.pixel_values))
+                          move(self.loss_mask), move(self.pixel_values), move(self.cu_seqlens),
+                          self.max_seqlen)
 
 
 def collate(samples: list[dict]) -> MicroBatch:
