@@ -235,6 +235,8 @@ def resolve_layout(cfg: SailConfig, world_size: int, cuda_available: bool = Fals
     elif model.transformer_impl == "transformer_engine" and not (te_available and cuda_available):
         errors.append("model.transformer_impl=transformer_engine needs Transformer Engine and a "
                       "CUDA GPU (install the [te] extra on a GPU machine); use local on CPU")
+    if model.attention not in ("sdpa", "unfused"):
+        errors.append(f"model.attention='{model.attention}' must be sdpa or unfused")
     if model.fp8 is not None:
         if model.fp8 not in ("hybrid", "e4m3"):
             errors.append(f"model.fp8='{model.fp8}' must be null, hybrid or e4m3")

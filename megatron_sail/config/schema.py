@@ -38,6 +38,10 @@ class ModelConfig:
     moe: MoEConfig = field(default_factory=MoEConfig)
     freeze: list[str] = field(default_factory=list)  # any of vision, adapter, llm
     transformer_impl: str = "local"  # local | transformer_engine (GPU + TE)
+    # Core attention of the local spec: sdpa (torch's fused scaled-dot-product attention:
+    # flash kernels on GPUs) | unfused (Megatron's reference math, [s, s] probabilities).
+    # Packed sequences always take the sdpa path.
+    attention: str = "sdpa"
     fp8: Optional[str] = None  # None | hybrid | e4m3 (needs transformer_engine on a GPU)
     fp8_recipe: str = "delayed"  # delayed | tensorwise (current scaling)
     vision_recompute: Optional[str] = None  # None | selective | full

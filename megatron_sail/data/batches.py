@@ -26,12 +26,37 @@ class MicroBatch:
     # restart at 0 in every segment. None: one sample per row, causal over the whole row.
     cu_seqlens: Optional[torch.Tensor] = None
     max_seqlen: Optional[int] = None
+    # AnyRes images: pixel_values are then flattened patches [P, 3 * p * p] (see ``patchify``)
+    # of images with these (rows, cols) patch grids, int64 [n, 2]. None: fixed-size tiles.
+    image_grids: Optional[torch.Tensor] = None
 
     def to(self, device: torch.device) -> "MicroBatch":
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
         return MicroBatch(move(self.tokens), move(self.position_ids), move(self.labels),
                           move(self.loss_mask), move(self.pixel_values), move(self.cu_seqlens),
-                          self.max_seqlen)
+                          self.max_seqlen, self.image_grids)
+
+
+def patchify(image: torch.Tensor, patch: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """[3, H, W] -> row-major patches [H/p * W/p, 3 * p * p] (each flattened channel, row,
+    column, like the ViT's conv weight) and the (rows, cols) grid."""
+    c, height, width = image.shape
+    if height % patch or width % patch:
+        raise ValueError(f"image {height}x{width} is not a multiple of the {patch} px patch")
+    h, w = height // patch, width // patch
+    patches = image.reshape(c, h, patch, w, patch).permute(1, 3, 0, 2, 4)
+    return patches.reshape(h * w, c * patch * patch), (h, w)
+
+
+def normalize_pixels(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 tiles [N, 3, H, W] or AnyRes patches [P, 3 * p * p] -> float32 ImageNet-normalised,
+    where they are (the loader ships uint8: a quarter of the bytes, normalised on the GPU)."""
+    from megatron_sail.data.media.tiling import normalize
+
+    if pixels.dim() == 2:
+        n, values = pixels.shape
+        return normalize(pixels.reshape(n, 3, values // 3, 1)).reshape(n, values)
+    return normalize(pixels)
 
 
 def collate(samples: list[dict]) -> MicroBatch:

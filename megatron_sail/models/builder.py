@@ -216,6 +216,7 @@ def build_model(cfg: SailConfig, layout: Layout, img_context_id: int) -> ModelBu
             transformer_layer_spec=llm_block_spec(
                 cfg.model.transformer_impl, get_num_layers_to_build(lm_cfg, vp_stage=vp),
                 num_experts=cfg.model.llm.num_experts, grouped_gemm=cfg.model.moe.grouped_gemm,
+                attention_kernel=cfg.model.attention,
             ),
             vocab_size=layout.padded_vocab_size,
             max_sequence_length=cfg.model.llm.max_position_embeddings,
@@ -232,6 +233,7 @@ def build_model(cfg: SailConfig, layout: Layout, img_context_id: int) -> ModelBu
             vision = SailViT(
                 vision_config(cfg, layout), cfg.model.vision, cfg.model.transformer_impl,
                 vit_pgs or ProcessGroupCollection.use_mpu_process_groups(),
+                attention_kernel=cfg.model.attention,
             )
             adapter = VisionAdapter(adapter_config(cfg, layout), cfg.model.adapter,
                                     cfg.model.vision.hidden_size)
@@ -245,6 +247,8 @@ def build_model(cfg: SailConfig, layout: Layout, img_context_id: int) -> ModelBu
     num_layers = {"llm": cfg.model.llm.num_layers, "vision": num_vision_blocks(cfg.model.vision)[0]}
     initialize_weights(chunks, cfg.train.seed, cfg.model.init_std, num_layers)
     for chunk in chunks:
+        if torch.cuda.is_available():  # the ViT's conv and position table are built on the host
+            chunk.cuda(torch.cuda.current_device())
         if chunk.vision is not None and layout.vision_replicated:
             for param in chunk.vision.parameters():
                 # identical on every TP rank: averaged over TP, counted once in grad norms

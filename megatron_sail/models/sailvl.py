@@ -8,6 +8,7 @@ from typing import Optional
 import torch
 from megatron.core import tensor_parallel
 from megatron.core.models.gpt import GPTModel
+from megatron.core.packed_seq_params import PackedSeqParams
 from megatron.core.transformer.module import MegatronModule
 
 from megatron_sail.models.adapter import VisionAdapter
@@ -72,11 +73,18 @@ class SailVLModel(MegatronModule):
     def shared_embedding_or_output_weight(self):
         return self.language_model.shared_embedding_or_output_weight()
 
+    def _visual(self, pixel_values: torch.Tensor, image_grids: Optional[torch.Tensor]):
+        if image_grids is None:  # fixed-size tiles [N, 3, H, W]
+            return self.adapter(self.vision(pixel_values))
+        features = self.vision.forward_packed(pixel_values, image_grids)  # AnyRes
+        return torch.cat([self.adapter(f.unsqueeze(0)) for f in features])
+
     def _embed(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
-               pixel_values: Optional[torch.Tensor]) -> torch.Tensor:
+               pixel_values: Optional[torch.Tensor],
+               image_grids: Optional[torch.Tensor] = None) -> torch.Tensor:
         embeds = self.language_model.embedding(input_ids=input_ids, position_ids=position_ids)
         if pixel_values is not None and pixel_values.numel() > 0:
-            visual = self.adapter(self.vision(pixel_values))
+            visual = self._visual(pixel_values, image_grids)
             embeds = splice_visual_embeddings(
                 embeds.transpose(0, 1), input_ids, visual, self.img_context_id
             ).transpose(0, 1)
@@ -92,12 +100,19 @@ class SailVLModel(MegatronModule):
         position_ids: torch.Tensor,
         labels: Optional[torch.Tensor] = None,
         pixel_values: Optional[torch.Tensor] = None,
+        packed_seq_params: Optional[PackedSeqParams] = None,
+        image_grids: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """First stage: embeds and splices; last stage: per-token fp32 loss [b, s] when
-        ``labels`` are given, else vocab-parallel logits [b, s, v/tp]; middle: hidden states."""
-        decoder_input = self._embed(input_ids, position_ids, pixel_values) if self.pre_process else None
+        ``labels`` are given, else vocab-parallel logits [b, s, v/tp]; middle: hidden states.
+        ``packed_seq_params`` (THD, one packed row): attention and rotary positions restart at
+        every sample boundary. ``image_grids`` [n, 2] (AnyRes): ``pixel_values`` are then the
+        images' flattened patches [P, 3*14*14] with these (rows, cols) patch grids."""
+        decoder_input = (self._embed(input_ids, position_ids, pixel_values, image_grids)
+                         if self.pre_process else None)
         output = self.language_model(
-            input_ids, position_ids, attention_mask=None, decoder_input=decoder_input
+            input_ids, position_ids, attention_mask=None, decoder_input=decoder_input,
+            packed_seq_params=packed_seq_params,
         )
         if not self.post_process or labels is None:
             return output

@@ -15,15 +15,20 @@ from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
 
+from megatron_sail.models.attention import LocalCoreAttention
 from megatron_sail.models.norms import RMSNorm
 
 
-def _local_layer_spec(qk_norm: bool, num_experts: Optional[int] = None) -> ModuleSpec:
+def _local_layer_spec(qk_norm: bool, num_experts: Optional[int] = None,
+                      attention_kernel: str = "sdpa") -> ModuleSpec:
     spec = copy.deepcopy(get_gpt_layer_local_spec(
         num_experts=num_experts, qk_layernorm=qk_norm, normalization="RMSNorm"))
     spec.submodules.input_layernorm = RMSNorm
     spec.submodules.pre_mlp_layernorm = RMSNorm
     attention = spec.submodules.self_attention.submodules
+    # Megatron's local attention refuses packed sequences and materialises [s, s].
+    attention.core_attention = ModuleSpec(module=LocalCoreAttention,
+                                          params={"fused": attention_kernel == "sdpa"})
     if qk_norm:
         attention.q_layernorm = RMSNorm
         attention.k_layernorm = RMSNorm
@@ -52,21 +57,24 @@ def _final_norm(impl: str):
 
 
 def llm_block_spec(impl: str, num_local_layers: int, num_experts: Optional[int] = None,
-                   grouped_gemm: bool = False) -> TransformerBlockSubmodules:
+                   grouped_gemm: bool = False, attention_kernel: str = "sdpa"
+                   ) -> TransformerBlockSubmodules:
     """Qwen3 decoder layers: causal GQA with per-head q/k RMSNorm, SwiGLU (dense, or routed
     experts when ``num_experts`` is set: sequential experts locally, grouped GEMM with TE)."""
     if impl == "transformer_engine":
         layer = _te_layer_spec(True, num_experts, grouped_gemm)
     else:
-        layer = _local_layer_spec(True, num_experts)
+        layer = _local_layer_spec(True, num_experts, attention_kernel)
     return TransformerBlockSubmodules(
         layer_specs=[layer] * num_local_layers, layer_norm=_final_norm(impl)
     )
 
 
-def vision_block_spec(impl: str, num_layers: int, final_norm: bool) -> TransformerBlockSubmodules:
+def vision_block_spec(impl: str, num_layers: int, final_norm: bool,
+                      attention_kernel: str = "sdpa") -> TransformerBlockSubmodules:
     """SAIL-ViT blocks: the same layer with bidirectional attention and no q/k norm."""
-    layer = _te_layer_spec(False) if impl == "transformer_engine" else _local_layer_spec(False)
+    layer = _te_layer_spec(False) if impl == "transformer_engine" \
+        else _local_layer_spec(False, attention_kernel=attention_kernel)
     layer.submodules.self_attention.params = {"attn_mask_type": AttnMaskType.no_mask}
     return TransformerBlockSubmodules(
         layer_specs=[layer] * num_layers, layer_norm=_final_norm(impl) if final_norm else None

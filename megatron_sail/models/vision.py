@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
 import torch.nn.functional as F
+from megatron.core.packed_seq_params import PackedSeqParams
 from megatron.core.process_groups_config import ProcessGroupCollection
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_block import TransformerBlock
@@ -43,7 +45,7 @@ class SailViT(MegatronModule):
     """Maps pixel tiles [N, 3, H, W] to patch features [N, H/14, W/14, C]."""
 
     def __init__(self, config: TransformerConfig, arch: VisionArch, impl: str,
-                 pg_collection: ProcessGroupCollection):
+                 pg_collection: ProcessGroupCollection, attention_kernel: str = "sdpa"):
         super().__init__(config=config)
         self.arch = arch
         channels, patch = arch.hidden_size, arch.patch_size
@@ -55,7 +57,7 @@ class SailViT(MegatronModule):
         blocks, final_norm = num_vision_blocks(arch)
         self.blocks = TransformerBlock(
             config=config,
-            spec=vision_block_spec(impl, blocks, final_norm),
+            spec=vision_block_spec(impl, blocks, final_norm, attention_kernel),
             post_layer_norm=final_norm,
             pre_process=True,
             post_process=True,
@@ -69,3 +71,25 @@ class SailViT(MegatronModule):
         x = self.patch_norm(x) + interpolate_pos_embed(self.pos_embed, (h, w))
         x = self.blocks(hidden_states=x.transpose(0, 1).contiguous(), attention_mask=None)
         return x.transpose(0, 1).reshape(n, h, w, c)
+
+    def forward_packed(self, patches: torch.Tensor, grids: torch.Tensor) -> list[torch.Tensor]:
+        """AnyRes: images of different patch grids as one packed sequence, each image attending
+        only to itself. ``patches`` [P, 3*p*p]: every image's patches row-major, each flattened
+        like the conv weight (channel, row, column); ``grids`` [n, 2]: (rows, cols) per image.
+        Returns each image's features [rows, cols, C]."""
+        weight = self.patch_embed.weight
+        hw = [(int(h), int(w)) for h, w in grids.tolist()]
+        sizes = [h * w for h, w in hw]
+        if sum(sizes) != patches.shape[0] or patches.shape[1] != weight[0].numel():
+            raise ValueError(f"{patches.shape[0]} patches of {patches.shape[1]} values do not "
+                             f"match image grids {hw} of {weight[0].numel()}-value patches")
+        # The conv with stride = kernel is a linear map of each flattened patch.
+        x = patches.to(weight.dtype) @ weight.reshape(weight.shape[0], -1).t() + self.patch_embed.bias
+        pos = torch.cat([interpolate_pos_embed(self.pos_embed, g) for g in hw])
+        x = self.patch_norm(x) + pos
+        cu = torch.tensor([0, *itertools.accumulate(sizes)], dtype=torch.int32, device=x.device)
+        packed = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu,
+                                 max_seqlen_q=max(sizes), max_seqlen_kv=max(sizes))
+        x = self.blocks(hidden_states=x.unsqueeze(1), attention_mask=None,
+                        packed_seq_params=packed)
+        return [f.reshape(h, w, -1) for f, (h, w) in zip(x.squeeze(1).split(sizes), hw)]

@@ -7,14 +7,14 @@ What is counted, and why:
 - Adam state: fp32 main weights (bf16 only) + two moments, divided over the data-parallel
   ranks by the distributed optimizer (expert weights over the expert-data-parallel ranks);
   frozen parts have neither gradients nor optimizer state;
-- activations: the tensors autograd saves for backward, per token and layer, for the two
+- activations: the tensors autograd saves for backward, per token and layer, for three
   kernel sets (``local``: Megatron's local spec with this project's fp32-computing norms and
-  unfused attention that stores the S x S probabilities; ``te``: Transformer Engine with
-  flash attention), times the micro-batches a 1F1B pipeline stage holds (``pp - stage``),
+  fused SDPA attention; ``local-unfused``: the same with Megatron's unfused attention, which
+  stores the S x S probabilities; ``te``: Transformer Engine with flash attention), times the micro-batches a 1F1B pipeline stage holds (``pp - stage``),
   tensor-parallel terms divided by TP and the rest too with sequence parallelism; a frozen
   part before everything trainable saves nothing;
 - extras: the logits/cross-entropy working set on the last stage, Megatron's attention score
-  buffer (local kernels), and the batch (on CPU the whole per-rank batch is built up front).
+  buffer (local-unfused), and the batch (on CPU the whole per-rank batch is built up front).
 Not counted: allocator fragmentation, CUDA/NCCL workspaces, optimizer-step temporaries.
 """
 
@@ -64,7 +64,9 @@ class Workload:
     micro_batch_size: int = 1
     global_batch_size: int = 512
     precision: str = "bf16"  # bf16 | fp32
-    kernels: str = "te"  # te (GPU, flash attention) | local (Megatron local spec)
+    # te (GPU, flash attention) | local (Megatron's local spec with fused SDPA attention)
+    # | local-unfused (local spec, Megatron's unfused attention: [s, s] probabilities)
+    kernels: str = "te"
     frozen: tuple[str, ...] = ()
     device: str = "gpu"  # gpu: micro-batches moved to the GPU one at a time | cpu: host memory
     image_size: int = 448
@@ -192,9 +194,9 @@ def llm_layer_act(llm: LLMShape, par: Parallel, seq: int, d: int, kernels: str,
     storage = d * (q + 2 * kv) if (d == 4 or not gqa) else 0
     if recompute == "selective":  # core attention re-run in backward: its inputs only
         core = d * (q + kv) + (0 if storage else d * (q + 2 * kv))
-    else:  # q, k and v repeated to all heads for GQA, the softmax output
-        core = d * q + (2 * d * q if gqa else d * kv) + attention_probs_bytes(
-            llm.heads / t, 1, seq, d)
+    else:  # q, k and v repeated to all heads for GQA (+ the softmax output, unfused)
+        core = d * q + (2 * d * q if gqa else d * kv) + (attention_probs_bytes(
+            llm.heads / t, 1, seq, d) if kernels == "local-unfused" else 0)
     return norms + linear_inputs + qk_norm + storage + core + mlp
 
 
@@ -208,9 +210,16 @@ def vision_layer_act(v: VisionShape, vtp: int, d: int, kernels: str,
     qkv = d * 3 * c / vtp  # fused qkv output: q, k, v are views of it
     if kernels == "te":
         return 2 * d * c + qkv + d * c / vtp + 2 * d * c + 5 * f * d
-    probs = 0 if recompute == "selective" else attention_probs_bytes(
-        v.heads / vtp, 1, v.patches_per_tile, d)
+    probs = 0 if recompute == "selective" or kernels != "local-unfused" else \
+        attention_probs_bytes(v.heads / vtp, 1, v.patches_per_tile, d)
     return 2 * _norm_bytes(d, True) * c + 2 * d * c + qkv + d * c / vtp + probs + 5 * f * d
+
+
+def kernels_of(cfg) -> str:
+    """The Workload.kernels that a training config runs with."""
+    if cfg.model.transformer_impl == "transformer_engine":
+        return "te"
+    return "local" if cfg.model.attention == "sdpa" else "local-unfused"
 
 
 def attention_working_set(heads: float, queries: float, keys: float, d: int,
@@ -292,7 +301,7 @@ def estimate(shape: ModelShape, par: Parallel, work: Workload) -> list[StageMemo
         transients = [0.0]
         if n_layers:
             llm_bwd = 0.0
-            if work.kernels == "local":
+            if work.kernels == "local-unfused":
                 llm_bwd = mbs * attention_working_set(llm.heads / par.tp, seq, seq, d,
                                                       par.llm_recompute)
             if par.llm_recompute == "full":  # the re-run layer's activations, during its backward
@@ -302,12 +311,12 @@ def estimate(shape: ModelShape, par: Parallel, work: Workload) -> list[StageMemo
         if first and saves["vision"]:
             block = vision_layer_act(vit, vtp, d, work.kernels, par.vision_recompute)
             # patch norm and final norm (ours; TE's keeps its input only)
-            final = _norm_bytes(d, True) if work.kernels == "local" else d
+            final = _norm_bytes(d, True) if work.kernels != "te" else d
             ends = _norm_bytes(d, True) + (final if vit.final_norm else 0)
             per_mb += patches * (vit.num_layers * block + ends * vit.hidden)
             per_mb += (d == 2) * mbs * work.tiles * 3 * work.image_size ** 2 * d  # conv input
             vit_bwd = 0.0
-            if work.kernels == "local":
+            if work.kernels == "local-unfused":
                 p = vit.patches_per_tile
                 vit_bwd = mbs * work.tiles * attention_working_set(vit.heads / vtp, p, p, d,
                                                                    par.vision_recompute)
@@ -321,7 +330,7 @@ def estimate(shape: ModelShape, par: Parallel, work: Workload) -> list[StageMemo
             per_mb += merged * (4 * c4 + w * d * c4 + (1 + w) * d * llm.hidden / par.tp)
         if last:
             w = 1 if trains["llm"] else 0
-            final_norm = _norm_bytes(d, trains["llm"]) if work.kernels == "local" else d * (1 + w)
+            final_norm = _norm_bytes(d, trains["llm"]) if work.kernels != "te" else d * (1 + w)
             # final norm, output layer input (w), the fp32 softmax of the cross entropy
             per_mb += tokens * ((final_norm + w * d) * llm.hidden / hs + 4 * vocab)
             transients.append(tokens * vocab * (d + (4 if d == 2 else 0)))  # logits (+ fp32)
@@ -329,7 +338,7 @@ def estimate(shape: ModelShape, par: Parallel, work: Workload) -> list[StageMemo
         mem.extras = max(transients)
         mem.detail.update(activations_per_microbatch=per_mb, microbatches_in_flight=in_flight,
                           transient=max(transients))
-        if work.kernels == "local":  # Megatron's reusable [b*heads, s, s] score buffer
+        if work.kernels == "local-unfused":  # Megatron's reusable [b*heads, s, s] scores
             buf = mbs * (llm.heads / par.tp) * seq * seq * d if n_layers else 0
             if first:
                 buf = max(buf, mbs * work.tiles * (vit.heads / vtp) * vit.patches_per_tile ** 2 * d)
@@ -370,7 +379,7 @@ def from_config(cfg, world_size: int, device: str = "gpu") -> tuple[ModelShape, 
     work = Workload(seq_length=cfg.data.seq_length, tiles=SYNTHETIC_TILES_PER_SAMPLE,
                     micro_batch_size=cfg.train.micro_batch_size,
                     global_batch_size=cfg.train.global_batch_size, precision=cfg.train.precision,
-                    kernels="te" if cfg.model.transformer_impl == "transformer_engine" else "local",
+                    kernels=kernels_of(cfg),
                     frozen=tuple(cfg.model.freeze), device=device,
                     image_size=shape.vision.image_size)
     return shape, par, work

@@ -33,8 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--micro-batch", type=int, default=1)
     p.add_argument("--global-batch", type=int, default=512)
     p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
-    p.add_argument("--kernels", choices=("te", "local"), default="te",
-                   help="te: Transformer Engine + flash attention; local: Megatron's local spec")
+    p.add_argument("--kernels", choices=("te", "local", "local-unfused"), default="te",
+                   help="te: Transformer Engine + flash attention; local: Megatron's local "
+                        "spec with fused (SDPA) attention; local-unfused: its unfused attention")
     p.add_argument("--freeze", default="", help="comma-separated: vision, adapter, llm")
     p.add_argument("--recompute", default="none,selective,full",
                    help="recompute choices to consider (default none,selective,full)")

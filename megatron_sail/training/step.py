@@ -13,9 +13,10 @@ from typing import Callable, Optional
 
 import torch
 from megatron.core import parallel_state
+from megatron.core.packed_seq_params import PackedSeqParams
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
-from megatron_sail.data.batches import MicroBatch
+from megatron_sail.data.batches import MicroBatch, normalize_pixels
 
 
 def comm_device() -> torch.device:
@@ -35,11 +36,25 @@ def _forward_step(data_iterator, model, before_microbatch: Optional[Callable] = 
     if batch is None:  # a middle pipeline stage: hidden states come from the previous stage
         return model(None, None), None
     batch = batch.to(comm_device())
+    if batch.pixel_values is not None and batch.pixel_values.dtype == torch.uint8:
+        batch.pixel_values = normalize_pixels(batch.pixel_values)
     if before_microbatch is not None:
         before_microbatch(batch)
     output = model(batch.tokens, batch.position_ids, labels=batch.labels,
-                   pixel_values=batch.pixel_values)
+                   pixel_values=batch.pixel_values, packed_seq_params=packed_seq_params(batch),
+                   image_grids=batch.image_grids)
     return output, partial(_loss_func, batch.loss_mask)
+
+
+def packed_seq_params(batch: MicroBatch) -> Optional[PackedSeqParams]:
+    """Megatron's THD description of a packed row (the same on every pipeline stage)."""
+    if batch.cu_seqlens is None:
+        return None
+    if batch.tokens.shape[0] != 1:
+        raise ValueError(f"a packed micro-batch is one row, got {batch.tokens.shape[0]}")
+    cu = batch.cu_seqlens.to(torch.int32)
+    return PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu,
+                           max_seqlen_q=batch.max_seqlen, max_seqlen_kv=batch.max_seqlen)
 
 
 @dataclass
@@ -65,7 +80,9 @@ def _reduce_losses(losses_reduced: list) -> tuple[float, float]:
 
 def _iterators(model_chunks, microbatches: list[MicroBatch], all_chunks: bool = False):
     """One iterator per model chunk; only chunks with the embedding or the loss need data
-    (unless ``all_chunks``: e.g. MoE routing statistics need every stage's token kinds)."""
+    (unless ``all_chunks``: e.g. MoE routing statistics need every stage's token kinds;
+    packed rows: every stage's attention needs the sample boundaries)."""
+    all_chunks = all_chunks or any(mb.cu_seqlens is not None for mb in microbatches)
     iterators = []
     for chunk in model_chunks:
         needs_data = all_chunks or chunk.module.pre_process or chunk.module.post_process

@@ -17,6 +17,7 @@ from tests.helpers import TINY
 LONG = ["data.seq_length=256", "train.micro_batch_size=4"]  # activations dominate
 SINGLE_RANK = {
     "long": LONG,
+    "long_unfused_attention": LONG + ["model.attention=unfused"],
     "long_full_recompute": LONG + ["model.llm_recompute=full", "model.vision_recompute=full"],
     "long_bf16_selective": LONG + ["train.precision=bf16", "model.llm_recompute=selective"],
     "adapter_only": ["model.freeze=vision,llm"],
