@@ -11,10 +11,10 @@ schedule) on synthetic caption samples (one 448 px tile, 256 visual tokens each)
 are built once and reused so that data generation is not timed. It prints tokens/s, model
 TFLOP/s per GPU and MFU (FLOPs from ``megatron_sail.scaling.flops``, peak from
 ``scaling.hardware``), the peak of ``torch.cuda.max_memory_allocated`` next to the memory
-planner's estimate, and - when Transformer Engine is importable - the same for the TE spec
-and the TE/local ratios. Only torch and megatron-core are imported beyond this project.
-The local spec's attention is unfused (it materialises the S x S probabilities); no
-SDPA-based attention path exists in this project yet.
+planner's estimate, for the local spec with torch's fused scaled-dot-product attention
+(``model.attention=sdpa``, flash kernels), the local spec with Megatron's unfused attention
+(S x S probabilities materialised) and - when Transformer Engine is importable - the TE spec,
+with ratios to the first. Only torch and megatron-core are imported beyond this project.
 """
 
 from __future__ import annotations
@@ -38,6 +38,13 @@ def _peak(name: str, override: float | None) -> float:
     return peak_tflops(kind, "bf16")
 
 
+IMPLS = {  # name -> config overrides
+    "local-sdpa": ["model.transformer_impl=local", "model.attention=sdpa"],
+    "local-unfused": ["model.transformer_impl=local", "model.attention=unfused"],
+    "transformer_engine": ["model.transformer_impl=transformer_engine"],
+}
+
+
 def bench(impl: str, ns: argparse.Namespace, out_dir: str) -> dict:
     import torch
 
@@ -51,7 +58,7 @@ def bench(impl: str, ns: argparse.Namespace, out_dir: str) -> dict:
     cfg = load_config(None, [
         "model.preset=sailvl2-2b", f"model.llm.num_layers={ns.llm_layers}",
         f"model.vision.num_layers={ns.vision_layers}",
-        f"model.transformer_impl={impl}", "train.precision=bf16",
+        *IMPLS[impl], "train.precision=bf16",
         f"data.seq_length={ns.seq_length}", f"train.micro_batch_size={ns.micro_batch}",
         f"train.global_batch_size={ns.global_batch}", f"train.train_iters={ns.steps + ns.warmup}",
         "train.eval_interval=null", "checkpoint.save_interval=null", "run.tensorboard=false",
@@ -101,8 +108,8 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=10, help="timed steps")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--impls", default=None,
-                   help="comma-separated: local, transformer_engine (default: local, and TE when "
-                        "it is importable)")
+                   help=f"comma-separated, from {', '.join(IMPLS)} (default: both local ones, "
+                        f"and TE when it is importable)")
     p.add_argument("--peak-tflops", type=float, default=None)
     ns = p.parse_args()
 
@@ -115,7 +122,11 @@ def main() -> int:
     from megatron_sail.training.trainer import transformer_engine_available
 
     impls = ns.impls.split(",") if ns.impls else (
-        ["local"] + (["transformer_engine"] if transformer_engine_available() else []))
+        ["local-sdpa", "local-unfused"]
+        + (["transformer_engine"] if transformer_engine_available() else []))
+    unknown = [i for i in impls if i not in IMPLS]
+    if unknown:
+        raise SystemExit(f"unknown --impls {unknown}; choose from {list(IMPLS)}")
     name = torch.cuda.get_device_name(0)
     peak = _peak(name, ns.peak_tflops)
     with tempfile.TemporaryDirectory(prefix="sail-gpu-bench-") as tmp:

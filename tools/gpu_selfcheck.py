@@ -8,6 +8,8 @@ that are tested there?
 2. FP8 (TE, hybrid, delayed scaling) vs BF16: the loss curve of a few training steps.
 3. Grouped-GEMM experts vs sequential experts (TE, tiny-moe): the same losses over a few steps.
 4. DALI GPU vs CPU decoded frames: reported as skipped while this project has no DALI path.
+5. The local spec's attention on CUDA (no Transformer Engine needed): torch SDPA vs Megatron's
+   unfused math, and a packed row (THD, cu_seqlens) vs its samples run one by one.
 
 Models are the tiny presets (dimensions are multiples of 16, as FP8 needs) on a one-rank
 world. Weights come from the layout-independent initialiser, keyed by checkpoint names, so
@@ -217,6 +219,63 @@ def check_grouped_gemm(steps: int = 4) -> list[Check]:
                             0.02)]
 
 
+def _forward(model, tokens, pixels, packed=None):
+    import torch
+
+    positions = torch.arange(tokens.shape[-1], device=tokens.device)[None]
+    with torch.no_grad():
+        return model(tokens[None], positions, pixel_values=pixels, packed_seq_params=packed)[0]
+
+
+def check_local_attention() -> list[Check]:
+    """SDPA vs unfused logits, and packed rows vs samples alone, on the GPU."""
+    import torch
+
+    from megatron_sail.data.batches import MicroBatch
+    from megatron_sail.training.step import packed_seq_params
+
+    checks = []
+    for precision, tol in (("fp32", 1e-4), ("bf16", 5e-2)):
+        cfg_u = _config(f"train.precision={precision}", "model.attention=unfused")
+        cfg_s = _config(f"train.precision={precision}", "model.attention=sdpa")
+        unfused, sdpa = _build(cfg_u).chunks[0], _build(cfg_s).chunks[0]
+        (batch,) = _batches(cfg_u, 1)
+        batch = batch.to(torch.device("cuda"))
+        logits = []
+        for model in (unfused, sdpa):
+            model.eval()
+            logits.append(_forward(model, batch.tokens[0], batch.pixel_values[:1]).float())
+        scale = logits[0].abs().max().item()
+        diff = (logits[0] - logits[1]).abs().max().item()
+        checks.append(Check(f"local attention: SDPA vs unfused logits ({precision})",
+                            "PASS" if diff <= tol * scale else "FAIL",
+                            f"max |difference| {diff:.3g} vs max |logit| {scale:.3g}"))
+
+        # Three samples (image, text, image) and a padding segment in one packed row.
+        lengths = [batch.tokens.shape[1], 23, batch.tokens.shape[1] - 5]
+        g = torch.Generator().manual_seed(7)
+        samples = [batch.tokens[0, :lengths[0]],
+                   torch.randint(10, cfg_s.model.llm.vocab_size, (lengths[1],), generator=g).cuda(),
+                   batch.tokens[0, :lengths[2]]]
+        pixels = [batch.pixel_values[:1], None, batch.pixel_values[:1]]
+        pad = 9
+        row = torch.cat([*samples, torch.zeros(pad, dtype=torch.long, device="cuda")])
+        bounds = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist(), row.numel()],
+                              dtype=torch.int32)
+        mb = MicroBatch(row[None], row[None], row[None], torch.ones(1, row.numel()), None,
+                        cu_seqlens=bounds.cuda(), max_seqlen=max(lengths))
+        packed = _forward(sdpa, row, torch.cat([p for p in pixels if p is not None]),
+                          packed_seq_params(mb)).float()
+        worst = 0.0
+        for tokens, pix, start in zip(samples, pixels, bounds.tolist()):
+            alone = _forward(sdpa, tokens, pix).float()
+            worst = max(worst, (packed[start:start + tokens.numel()] - alone).abs().max().item())
+        checks.append(Check(f"local attention: packed row vs samples alone ({precision})",
+                            "PASS" if worst <= tol * scale else "FAIL",
+                            f"max |difference| {worst:.3g} vs max |logit| {scale:.3g}"))
+    return checks
+
+
 def check_dali() -> list[Check]:
     name = "DALI GPU vs CPU frames"
     try:
@@ -250,6 +309,10 @@ def main() -> int:
         for name in ("TE spec vs local spec logits", "FP8 vs BF16 loss curve",
                      "grouped-GEMM vs sequential experts"):
             results.append(Check(name, "SKIP", "Transformer Engine is not importable"))
+    try:
+        results += check_local_attention()
+    except Exception as exc:
+        results.append(Check("local attention", "FAIL", f"{type(exc).__name__}: {exc}"))
     results += check_dali()
     if ns.json:
         print(json.dumps({"gpu": torch.cuda.get_device_name(0),
