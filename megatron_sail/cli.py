@@ -13,7 +13,8 @@ sail slurm sweep SWEEP.yaml --nodes N --gpus-per-node G [options] [--dry-run]
 sail slurm status RUN_DIR
 sail flops --preset NAME --seq-length L [--tiles T] [--freeze ...] [--json]
 sail plan --preset NAME --gpus N [--gpu-mem 80]
-sail scaling sweep SWEEP.yaml | sail scaling fit RUN_DIR..."""
+sail scaling sweep SWEEP.yaml | sail scaling fit RUN_DIR...
+sail data check PATH... | sail data prepare JSONL... --out DIR  (JSONL, shard dirs, blends)"""
 
 
 class UsageError(ValueError):
@@ -117,6 +118,7 @@ COMMANDS = {
     "flops": _delegate("megatron_sail.scaling.flops_cli"),
     "plan": _delegate("megatron_sail.scaling.plan_cli"),
     "scaling": _delegate("megatron_sail.scaling.cli"),
+    "data": _delegate("megatron_sail.data.data_cli"),
 }
 
 

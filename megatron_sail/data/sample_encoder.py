@@ -1,0 +1,283 @@
+"""Record + media -> one training sample (ids, labels, loss mask, positions, uint8 tiles), and
+the cheap plan of its length from image headers alone.
+
+Every failure is a ``SampleError`` whose ``kind`` says what to do about it (the data checker
+counts by kind; a loader may skip and count): media_missing, media_corrupt,
+video_undecodable, malformed_record, too_long.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
+
+import torch
+
+from megatron_sail.data.chat import ChatTokenizer
+from megatron_sail.data.conversation import encode_conversation, encoded_length
+from megatron_sail.data.media.errors import MediaError
+from megatron_sail.data.media.images import decode_image, probe_image
+from megatron_sail.data.media.tiling import dynamic_tiles, num_tiles
+from megatron_sail.data.records import IMAGE_PLACEHOLDER, USER, VIDEO_PLACEHOLDER, Record
+
+
+class SampleErrorKind(str, Enum):
+    MEDIA_MISSING = "media_missing"
+    MEDIA_CORRUPT = "media_corrupt"
+    VIDEO_UNDECODABLE = "video_undecodable"
+    MALFORMED_RECORD = "malformed_record"
+    TOO_LONG = "too_long"
+
+
+class SampleError(ValueError):
+    """``str()`` is ``source: kind: reason``; ``source`` names the record (file:line) or the
+    media file that failed."""
+
+    def __init__(self, source: str, reason: str, kind: SampleErrorKind | str) -> None:
+        self.source, self.reason, self.kind = source, reason, SampleErrorKind(kind)
+        super().__init__(f"{source}: {self.kind.value}: {reason}")
+
+    def __reduce__(self):  # survives pickling back from worker processes
+        return (type(self), (self.source, self.reason, self.kind.value))
+
+
+class MediaReader(Protocol):
+    """Where media bytes come from. ``read`` raises SampleError(media_missing) for an
+    absent reference; ``name`` is how errors cite it."""
+
+    def read(self, ref: str) -> bytes: ...
+    def name(self, ref: str) -> str: ...
+
+
+class FileMedia:
+    """Media on a filesystem; relative references resolve against ``root`` (when given)."""
+
+    def __init__(self, root: str | None = None) -> None:
+        self.root = root
+
+    def name(self, ref: str) -> str:
+        return os.path.join(self.root, ref) if self.root is not None else ref
+
+    def read(self, ref: str) -> bytes:
+        path = self.name(ref)
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            raise SampleError(path, "file not found", SampleErrorKind.MEDIA_MISSING) from None
+        except OSError as exc:
+            raise SampleError(path, f"cannot read file ({exc.strerror or exc})",
+                              SampleErrorKind.MEDIA_MISSING) from None
+
+
+class MemberMedia:
+    """Media held in memory, e.g. the members of one shard sample."""
+
+    def __init__(self, members: Mapping[str, bytes], container: str) -> None:
+        self.members, self.container = members, container
+
+    def name(self, ref: str) -> str:
+        return f"{self.container}:{ref}"
+
+    def read(self, ref: str) -> bytes:
+        try:
+            return self.members[ref]
+        except KeyError:
+            raise SampleError(self.name(ref), "no such member", SampleErrorKind.MEDIA_MISSING) from None
+
+
+@dataclass(frozen=True)
+class SamplePlan:
+    length: int  # tokens, unpadded
+    visual_tokens: int
+    num_tiles: int  # image tiles + video frames
+
+
+@dataclass
+class EncodedRecord:
+    tokens: torch.Tensor  # int64 [n]
+    labels: torch.Tensor  # int64 [n]
+    loss_mask: torch.Tensor  # float32 [n]
+    position_ids: torch.Tensor  # int64 [n]
+    pixel_values: torch.Tensor  # uint8 [tiles, 3, S, S], placeholder order; [0, 3, S, S] for text
+    num_visual_tokens: int
+    where: str  # the record's file:line
+    # AnyRes: pixel_values are then flattened patches [P, 3 * 14 * 14] of images (and video
+    # frames) with these (rows, cols) patch grids, int64 [n, 2]
+    image_grids: torch.Tensor | None = None
+
+
+def media_order(record: Record) -> list[str]:
+    """Media references in the order their placeholders appear (images in list order)."""
+    images = iter(record.images)
+    order = []
+    for turn in record.turns:
+        if turn.role != USER:
+            continue
+        i = 0
+        while True:
+            hits = [(turn.text.find(p, i), p) for p in (IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER)]
+            hits = [(pos, p) for pos, p in hits if pos >= 0]
+            if not hits:
+                break
+            pos, p = min(hits)
+            order.append(next(images) if p == IMAGE_PLACEHOLDER else record.video)
+            i = pos + len(p)
+    return order
+
+
+class SampleEncoder:
+    """Turns records into samples at fixed image/video settings. ``tokens_per_tile`` defaults
+    to SAIL-ViT's (image_size / 14 patches per side, 2x2 pixel shuffle): 256 at 448 px.
+    With ``seq_length`` set, longer samples raise SampleError(too_long)."""
+
+    def __init__(self, tokenizer: ChatTokenizer, image_size: int = 448, max_tiles: int = 12,
+                 num_frames: int = 16, min_tiles: int = 1, use_thumbnail: bool = True,
+                 tokens_per_tile: int | None = None, seq_length: int | None = None,
+                 system_message: str | None = None, video_backend: str = "auto",
+                 anyres: bool = False, anyres_max_tokens: int = 4096,
+                 anyres_min_tokens: int = 4, patch_size: int = 14) -> None:
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+        self.tokenizer = tokenizer
+        self.image_size = image_size
+        self.min_tiles, self.max_tiles, self.use_thumbnail = min_tiles, max_tiles, use_thumbnail
+        self.num_frames = num_frames
+        self.tokens_per_tile = tokens_per_tile if tokens_per_tile is not None else (image_size // 28) ** 2
+        self.seq_length = seq_length
+        self.system_message = system_message
+        self.video_backend = video_backend
+        # AnyRes: each image at about its native resolution (multiples of 2 patches a side,
+        # within the token budget) instead of 448 px tiles; video frames stay one tile each.
+        self.anyres = anyres
+        self.anyres_max_tokens, self.anyres_min_tokens = anyres_max_tokens, anyres_min_tokens
+        self.patch_size = patch_size
+
+    # -- planning (no pixel decoding) -------------------------------------------------------
+    def image_tiles(self, width: int, height: int) -> int:
+        return num_tiles(width, height, self.image_size, self.min_tiles, self.max_tiles, self.use_thumbnail)
+
+    def plan_from_sizes(self, record: Record, image_sizes: Sequence[tuple[int, int]],
+                        video_frames: int | None = None) -> SamplePlan:
+        """The plan from stored metadata: (width, height) per image in ``record.images`` order
+        and the video's decoded frame count (None: ``num_frames``)."""
+        if len(image_sizes) != len(record.images):
+            raise SampleError(record.where, f"{len(image_sizes)} image sizes for {len(record.images)} images",
+                              SampleErrorKind.MALFORMED_RECORD)
+        frames = (video_frames or self.num_frames) if record.video is not None else 0
+        if self.anyres:
+            tiles = [1] * len(image_sizes)
+            image_tokens = [self.anyres_tokens(w, h) for w, h in image_sizes]
+        else:
+            tiles = [self.image_tiles(w, h) for w, h in image_sizes]
+            image_tokens = [t * self.tokens_per_tile for t in tiles]
+        try:
+            length = encoded_length(self.tokenizer, record.turns, tiles,
+                                    frames, self.tokens_per_tile, self.system_message,
+                                    image_tokens=image_tokens)
+        except ValueError as exc:
+            raise SampleError(record.where, str(exc), SampleErrorKind.MALFORMED_RECORD) from None
+        visual = sum(image_tokens) + frames * self.tokens_per_tile
+        plan = SamplePlan(length, visual, sum(tiles) + frames)
+        self._check_length(record, plan.length, plan.visual_tokens)
+        return plan
+
+    def anyres_tokens(self, width: int, height: int) -> int:
+        from megatron_sail.data.media.anyres import anyres_tokens
+
+        return anyres_tokens(width, height, self.anyres_max_tokens, self.anyres_min_tokens)
+
+    def image_sizes(self, record: Record, media: MediaReader) -> list[tuple[int, int]]:
+        """(width, height) of each image from its header."""
+        sizes = []
+        for ref in record.images:
+            data = media.read(ref)
+            try:
+                sizes.append(probe_image(data, media.name(ref)))
+            except MediaError as exc:
+                raise SampleError(exc.source, exc.reason, SampleErrorKind.MEDIA_CORRUPT) from None
+        return sizes
+
+    def plan(self, record: Record, media: MediaReader) -> SamplePlan:
+        """Length and visual tokens from image headers; videos count ``num_frames`` frames."""
+        return self.plan_from_sizes(record, self.image_sizes(record, media))
+
+    # -- encoding ---------------------------------------------------------------------------
+    def encode(self, record: Record, media: MediaReader) -> EncodedRecord:
+        pixels: dict[str, torch.Tensor] = {}
+        for ref in record.images:
+            data = media.read(ref)
+            try:
+                image = decode_image(data, media.name(ref))
+            except MediaError as exc:
+                raise SampleError(exc.source, exc.reason, SampleErrorKind.MEDIA_CORRUPT) from None
+            if self.anyres:
+                from megatron_sail.data.media.anyres import anyres_image
+
+                pixels[ref] = anyres_image(image, self.anyres_max_tokens,
+                                           self.anyres_min_tokens)[None]
+            else:
+                pixels[ref] = dynamic_tiles(image, self.image_size, self.min_tiles,
+                                            self.max_tiles, self.use_thumbnail)
+        if record.video is not None:
+            pixels[record.video] = self.decode_video(media, record.video)
+
+        frames = pixels[record.video].shape[0] if record.video is not None else 0
+        if self.anyres:
+            image_tiles = [1] * len(record.images)
+            merge = 2 * self.patch_size
+            image_tokens = [pixels[r].shape[-2] // merge * (pixels[r].shape[-1] // merge)
+                            for r in record.images]
+        else:
+            image_tiles = [pixels[ref].shape[0] for ref in record.images]
+            image_tokens = None
+        try:
+            enc = encode_conversation(self.tokenizer, record.turns, image_tiles,
+                                      frames, record.loss, self.tokens_per_tile, self.system_message,
+                                      image_tokens=image_tokens)
+        except ValueError as exc:
+            raise SampleError(record.where, str(exc), SampleErrorKind.MALFORMED_RECORD) from None
+        self._check_length(record, len(enc.tokens), enc.num_visual_tokens)
+        ordered = [pixels[ref] for ref in media_order(record)]
+        if self.anyres:
+            return self._anyres_record(enc, ordered, record.where)
+        s = self.image_size
+        pixel_values = torch.cat(ordered) if ordered else torch.empty((0, 3, s, s), dtype=torch.uint8)
+        return EncodedRecord(enc.tokens, enc.labels, enc.loss_mask, enc.position_ids, pixel_values,
+                             enc.num_visual_tokens, record.where)
+
+    def _anyres_record(self, enc, ordered: list[torch.Tensor], where: str) -> EncodedRecord:
+        """Images and frames as flattened patches with their grids (the ViT packs them)."""
+        from megatron_sail.data.batches import patchify
+
+        patches, grids = [], []
+        for block in ordered:  # [n, 3, H, W]: one AnyRes image, or a video's frames
+            for image in block:
+                p, grid = patchify(image, self.patch_size)
+                patches.append(p)
+                grids.append(grid)
+        values = 3 * self.patch_size ** 2
+        pixel_values = torch.cat(patches) if patches else torch.empty((0, values), dtype=torch.uint8)
+        image_grids = torch.tensor(grids, dtype=torch.int64).reshape(-1, 2)
+        return EncodedRecord(enc.tokens, enc.labels, enc.loss_mask, enc.position_ids, pixel_values,
+                             enc.num_visual_tokens, where, image_grids)
+
+    def decode_video(self, media: MediaReader, ref: str) -> torch.Tensor:
+        """uint8 [frames, 3, S, S], one tile per frame."""
+        from megatron_sail.data.media.video import decode_video, video_tiles
+
+        data = media.read(ref)
+        try:
+            frames = decode_video(data, media.name(ref), num_frames=self.num_frames, backend=self.video_backend)
+        except MediaError as exc:
+            raise SampleError(exc.source, exc.reason, SampleErrorKind.VIDEO_UNDECODABLE) from None
+        return video_tiles(frames, self.image_size)
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _check_length(self, record: Record, length: int, visual: int) -> None:
+        if self.seq_length is not None and length > self.seq_length:
+            raise SampleError(record.where, f"needs {length} tokens ({visual} visual, {length - visual} "
+                              f"text) but seq_length is {self.seq_length}", SampleErrorKind.TOO_LONG)
