@@ -7,6 +7,7 @@ or model exists.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 from megatron_sail.config.loader import ConfigError
@@ -248,9 +249,7 @@ def resolve_layout(cfg: SailConfig, world_size: int, cuda_available: bool = Fals
             errors.append("model.fp8 needs train.precision=bf16")
     if model.fp8_recipe not in ("delayed", "tensorwise"):
         errors.append(f"model.fp8_recipe='{model.fp8_recipe}' must be delayed or tensorwise")
-    if cfg.data.dataset != "synthetic":
-        errors.append(f"data.dataset='{cfg.data.dataset}': only the built-in 'synthetic' "
-                      f"dataset exists in this version")
+    errors += _data_errors(cfg)
 
     if errors:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
@@ -259,3 +258,36 @@ def resolve_layout(cfg: SailConfig, world_size: int, cuda_available: bool = Fals
         sequence_parallel=sp, num_microbatches=num_microbatches, padded_vocab_size=padded,
         stage_layers=stage_layers,
     )
+
+
+def _data_errors(cfg: SailConfig) -> list[str]:
+    data, train, errors = cfg.data, cfg.train, []
+    if data.dataset not in ("synthetic", "blend"):
+        errors.append(f"data.dataset='{data.dataset}' must be synthetic or blend")
+    if data.dataset == "blend":
+        for key in ("blend", "tokenizer"):
+            if not getattr(data, key):
+                errors.append(f"data.dataset=blend needs data.{key}")
+        for key in ("blend", "valid_blend", "tokenizer"):
+            path = getattr(data, key)
+            if path and not os.path.exists(path):
+                errors.append(f"data.{key}={path}: no such file or directory")
+        if data.packing and train.micro_batch_size != 1:
+            errors.append(f"data.packing: a micro-batch is one packed row, so "
+                          f"train.micro_batch_size must be 1 (got {train.micro_batch_size}); "
+                          f"train.global_batch_size counts rows")
+        if train.eval_interval and not data.valid_blend:
+            errors.append("train.eval_interval with data.dataset=blend needs data.valid_blend")
+    if data.anyres and cfg.model.vision.patch_size != 14:
+        errors.append(f"data.anyres sizes images in 28 px cells (14 px patches, 2x2 merge); "
+                      f"model.vision.patch_size is {cfg.model.vision.patch_size}")
+    if data.video_backend not in ("auto", "dali-gpu", "dali-cpu", "pyav"):
+        errors.append(f"data.video_backend='{data.video_backend}' must be auto, dali-gpu, "
+                      f"dali-cpu or pyav")
+    if data.num_workers < 0 or data.prefetch < 1:
+        errors.append(f"data.num_workers ({data.num_workers}) must be >= 0 and data.prefetch "
+                      f"({data.prefetch}) >= 1")
+    if not 1 <= data.min_tiles <= data.max_tiles or data.num_frames < 1:
+        errors.append(f"need 1 <= data.min_tiles ({data.min_tiles}) <= data.max_tiles "
+                      f"({data.max_tiles}) and data.num_frames ({data.num_frames}) >= 1")
+    return errors

@@ -103,9 +103,29 @@ class CheckpointConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = "synthetic"
+    dataset: str = "synthetic"  # synthetic (built in) | blend (the datasets data.blend names)
     seq_length: int = 64
-    tokenizer: Optional[str] = None  # sentencepiece model; None: train one into the run dir
+    # A sentencepiece .model or a Hugging Face tokenizer directory (e.g. the release's);
+    # None: train a small sentencepiece model into the run dir (synthetic data only).
+    tokenizer: Optional[str] = None
+    blend: Optional[str] = None  # blend YAML, or one JSONL file / `sail data prepare` directory
+    valid_blend: Optional[str] = None  # evaluation data (dataset=blend); None: no evaluation
+    # Stream packing: global_batch_size counts packed rows of seq_length tokens, and a
+    # micro-batch is one row. Without packing each sample is padded to seq_length.
+    packing: bool = True
+    packing_buffer: Optional[int] = None  # lookahead in samples; None: 4 x global batch
+    min_tiles: int = 1
+    max_tiles: int = 12  # dynamic tiling: 1..max tiles of image_size px (+ a thumbnail)
+    use_thumbnail: bool = True
+    num_frames: int = 16  # uniformly sampled per video, one tile each
+    # AnyRes (SAIL-ViT-AnyRes): images at about native resolution, sides in multiples of
+    # 28 px, at most anyres_max_tokens LLM tokens each, packed into the ViT without padding.
+    anyres: bool = False
+    anyres_max_tokens: int = 4096
+    video_backend: str = "auto"  # auto | dali-gpu | dali-cpu | pyav
+    system_message: Optional[str] = None
+    num_workers: int = 2  # decoding processes per rank (0: in the training process)
+    prefetch: int = 2  # micro-batches in flight per worker
     image_size: Optional[int] = None  # None: the ViT's trained image size
 
 

@@ -56,4 +56,11 @@ def collate_packed(samples: Sequence[dict], seq_length: int, pad_id: int) -> Mic
         pixel_values=torch.cat(pixels) if pixels else None,
         cu_seqlens=cu_seqlens,
         max_seqlen=max(segments),
+        image_grids=_grids(samples),
     )
+
+
+def _grids(samples: Sequence[dict]):
+    """AnyRes samples: their images' patch grids, in order (None for fixed-size tiles)."""
+    grids = [g for g in (s.get("image_grids") for s in samples) if g is not None]
+    return torch.cat(grids) if grids else None

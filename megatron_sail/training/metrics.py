@@ -16,6 +16,7 @@ class MetricsWriter:
     def __init__(self, output_dir: Path, tensorboard: bool):
         self.path = Path(output_dir) / "metrics.jsonl"
         self._file = open(self.path, "a", buffering=1)
+        self._reported: set[str] = set()
         self._tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -30,6 +31,17 @@ class MetricsWriter:
                 if key != "iteration" and isinstance(value, (int, float)) and math.isfinite(value):
                     self._tb.add_scalar(key, value, step)
             self._tb.flush()
+
+    def skipped(self, iteration: int, skips: list[dict]) -> None:
+        """Samples the loader skipped (file:line or shard member, and why): data_skipped.jsonl."""
+        with open(self.path.with_name("data_skipped.jsonl"), "a") as f:
+            for skip in skips:
+                f.write(json.dumps({"iteration": iteration, **skip}) + "\n")
+        for skip in skips:  # each bad sample once on the console; every time in the file
+            if skip["where"] not in self._reported:
+                self._reported.add(skip["where"])
+                print(f"skipped sample ({skip['kind']}): {skip['where']}", file=sys.stderr,
+                      flush=True)
 
     def close(self) -> None:
         self._file.close()

@@ -18,6 +18,8 @@ from megatron_sail.config import ConfigError, SailConfig, config_to_dict, save_c
 from megatron_sail.config.layout import Layout, resolve_layout
 from megatron_sail.data.batches import GlobalBatches
 from megatron_sail.data.synthetic_dataset import MismatchedImages, SyntheticCaptionDataset
+from megatron_sail.data.build import build_batches
+from megatron_sail.data.hf_tokenizer import load_tokenizer
 from megatron_sail.data.tokenizer import SentencePieceTokenizer, load_or_train_synthetic_tokenizer
 from megatron_sail.distributed.runtime import (
     DistEnv, init_model_parallel, init_process_group, transformer_engine_available,
@@ -54,9 +56,9 @@ def _lr_decay_iters(cfg: SailConfig) -> int:
     return opt.lr_decay_iters
 
 
-def _tokenizer(cfg: SailConfig, output_dir: Path) -> SentencePieceTokenizer:
+def _tokenizer(cfg: SailConfig, output_dir: Path):
     if cfg.data.tokenizer:
-        return SentencePieceTokenizer(cfg.data.tokenizer)
+        return load_tokenizer(cfg.data.tokenizer)
     path = output_dir / "tokenizer.model"
     if torch.distributed.get_rank() == 0:
         load_or_train_synthetic_tokenizer(str(path))
@@ -82,6 +84,15 @@ def _dataset(cfg: SailConfig, tokenizer, split: str) -> SyntheticCaptionDataset:
     return SyntheticCaptionDataset(tokenizer, seed=cfg.train.seed, image_size=image_size,
                                    num_image_tokens=tokens_per_image,
                                    seq_length=cfg.data.seq_length, split=split)
+
+
+def _val_text(record: dict):
+    if "val_loss" not in record:
+        return None
+    text = f"val {record['val_loss']:.4f}"
+    if "val_loss_mismatched_images" in record:
+        text += f" (mismatched images {record['val_loss_mismatched_images']:.4f})"
+    return text
 
 
 class Trainer:
@@ -128,22 +139,33 @@ class Trainer:
 
         dp_rank = parallel_state.get_data_parallel_rank()
         train = cfg.train
-        self.batches = GlobalBatches(_dataset(cfg, tokenizer, "train"), train.global_batch_size,
-                                     train.micro_batch_size, dp_rank, self.layout.dp)
-        val = _dataset(cfg, tokenizer, "val")
-        self.val_batches = {
-            "val_loss": GlobalBatches(val, train.global_batch_size, train.micro_batch_size,
-                                      dp_rank, self.layout.dp),
-            "val_loss_mismatched_images": GlobalBatches(
-                MismatchedImages(val), train.global_batch_size, train.micro_batch_size,
-                dp_rank, self.layout.dp),
-        }
+        self.tokenizer = tokenizer
+        self.data = None  # the real-data loader (data.dataset=blend)
+        if cfg.data.dataset == "blend":
+            self.data = build_batches(cfg, tokenizer, cfg.data.blend, dp_rank, self.layout.dp,
+                                      parallel_state.get_data_parallel_group(),
+                                      state=common.get("data"))
+            self.val_batches = {}
+        else:
+            self.batches = GlobalBatches(_dataset(cfg, tokenizer, "train"),
+                                         train.global_batch_size, train.micro_batch_size,
+                                         dp_rank, self.layout.dp)
+            val = _dataset(cfg, tokenizer, "val")
+            self.val_batches = {
+                "val_loss": GlobalBatches(val, train.global_batch_size, train.micro_batch_size,
+                                          dp_rank, self.layout.dp),
+                "val_loss_mismatched_images": GlobalBatches(
+                    MismatchedImages(val), train.global_batch_size, train.micro_batch_size,
+                    dp_rank, self.layout.dp),
+            }
         self.routing = None
         if cfg.model.llm.is_moe:
             self.routing = RoutingStats(self.model, cfg.model.llm.num_layers,
                                         cfg.model.llm.num_experts, tokenizer.pad_id,
                                         cfg.model.img_context_token_id)
-        self.needs_data = self.routing is not None or any(
+        # Packed rows: every stage's attention needs the sample boundaries; and the real-data
+        # loader's state advances on every rank alike.
+        self.needs_data = self.routing is not None or self.data is not None or any(
             m.module.pre_process or m.module.post_process for m in self.model)
 
         self.metrics = None
@@ -176,6 +198,8 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "config": config_to_dict(self.cfg),
         }
+        if self.data is not None:
+            common["data"] = self.data.state_dict()
         marker = {
             "iteration": it,
             "consumed_samples": self.state.consumed_samples,
@@ -194,9 +218,27 @@ class Trainer:
             return batches.microbatches(consumed)
         return [None] * batches.num_microbatches
 
+    def _evaluate_blend(self) -> dict[str, float]:
+        """Loss on the first ``eval_iters`` global batches of data.valid_blend."""
+        cfg = self.cfg
+        batches = build_batches(cfg, self.tokenizer, cfg.data.valid_blend,
+                                parallel_state.get_data_parallel_rank(), self.layout.dp,
+                                parallel_state.get_data_parallel_group(), num_workers=0)
+        loss_sum = tokens = 0.0
+        for _ in range(cfg.train.eval_iters):
+            microbatches = batches.next_global_batch().microbatches
+            result = run_step(self.model, self.optimizer, self.scheduler, microbatches,
+                              cfg.data.seq_length, cfg.train.micro_batch_size, forward_only=True)
+            loss_sum, tokens = loss_sum + result.loss_sum, tokens + result.num_tokens
+        batches.close()
+        return {"val_loss": loss_sum / max(tokens, 1.0)}
+
     def evaluate(self) -> dict[str, float]:
-        """Loss on the first ``eval_iters`` validation batches, and the same with every image
-        swapped for another sample's (how much the model relies on what it sees)."""
+        """Loss on the first ``eval_iters`` validation batches, and (synthetic data) the same
+        with every image swapped for another sample's (how much the model relies on what it
+        sees)."""
+        if self.data is not None:
+            return self._evaluate_blend()
         out = {}
         for name, batches in self.val_batches.items():
             loss_sum = tokens = 0.0
@@ -224,25 +266,34 @@ class Trainer:
             t0 = time.perf_counter()
             if self.routing:
                 self.routing.reset_step()
-            result = run_step(self.model, self.optimizer, self.scheduler,
-                              self._microbatches(self.batches, state.consumed_samples),
+            data_metrics, skips = {}, []
+            if self.data is not None:
+                batch = self.data.next_global_batch()
+                microbatches, data_metrics, skips = batch.microbatches, batch.metrics, batch.skips
+            else:
+                microbatches = self._microbatches(self.batches, state.consumed_samples)
+            result = run_step(self.model, self.optimizer, self.scheduler, microbatches,
                               cfg.data.seq_length, train.micro_batch_size,
                               before_microbatch=self.routing.observe if self.routing else None)
             if self.routing:
                 self.routing.end_step(self.layout.num_microbatches)
             elapsed = time.perf_counter() - t0
             state.iteration += 1
-            state.consumed_samples += train.global_batch_size
+            state.consumed_samples += data_metrics.get("packed_samples", train.global_batch_size)
+            tokens = data_metrics.pop("data/tokens", train.global_batch_size * cfg.data.seq_length)
+            if skips and self.metrics:
+                self.metrics.skipped(state.iteration, [s.as_dict() for s in skips])
             record = {
                 "iteration": state.iteration,
                 "loss": result.loss,
                 "lr": self.scheduler.get_lr(self.optimizer.param_groups[0]),
                 "grad_norm": float(result.grad_norm) if result.grad_norm is not None else None,
-                "tokens_per_sec": train.global_batch_size * cfg.data.seq_length / elapsed,
+                "tokens_per_sec": tokens / elapsed,
                 "loss_tokens": int(result.num_tokens),
                 "consumed_samples": state.consumed_samples,
                 "step_time_s": elapsed,
                 **self.throughput.metrics(elapsed),
+                **data_metrics,
             }
             if train.eval_interval and state.iteration % train.eval_interval == 0:
                 for chunk in self.model:
@@ -254,10 +305,7 @@ class Trainer:
                 record.update(self.routing.metrics())  # collective
             if self.metrics and log_now:
                 self.metrics.write(record)
-                progress.show(state.iteration, record["loss"], record["lr"],
-                              f"val {record['val_loss']:.4f} (mismatched images "
-                              f"{record['val_loss_mismatched_images']:.4f})"
-                              if "val_loss" in record else None)
+                progress.show(state.iteration, record["loss"], record["lr"], _val_text(record))
 
             stop = self.stop.agreed()
             interval = cfg.checkpoint.save_interval
@@ -275,6 +323,8 @@ class Trainer:
         return 0
 
     def close(self) -> None:
+        if self.data is not None:
+            self.data.close()
         if self.metrics:
             self.metrics.close()
             from megatron_sail.training.plot import plot_runs

@@ -1,0 +1,48 @@
+"""Real-data loaders from a training config (``data.dataset=blend``)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from megatron_sail.config.schema import SailConfig
+from megatron_sail.data.blend import load_blend
+from megatron_sail.data.loader import BlendedSamples, LoaderSettings, MultimodalBatches
+from megatron_sail.data.sample_encoder import SampleEncoder
+from megatron_sail.data.sources import SampleSource, open_source
+
+
+def load_sources(path: str) -> tuple[list[SampleSource], list[float]]:
+    """A blend YAML, or a single JSONL file / shard directory (weight 1)."""
+    if path.endswith((".yaml", ".yml")):
+        blend = load_blend(path)
+        return ([open_source(e.path, e.root, e.name) for e in blend.entries],
+                [e.weight for e in blend.entries])
+    return [open_source(path)], [1.0]
+
+
+def sample_encoder(cfg: SailConfig, tokenizer) -> SampleEncoder:
+    data, vit = cfg.data, cfg.model.vision
+    image_size = data.image_size or vit.image_size
+    return SampleEncoder(
+        tokenizer, image_size=image_size, max_tiles=data.max_tiles, num_frames=data.num_frames,
+        min_tiles=data.min_tiles, use_thumbnail=data.use_thumbnail,
+        tokens_per_tile=(image_size // vit.patch_size // 2) ** 2,  # 2x2 pixel shuffle
+        seq_length=data.seq_length, system_message=data.system_message,
+        video_backend=data.video_backend, anyres=data.anyres,
+        anyres_max_tokens=data.anyres_max_tokens, patch_size=vit.patch_size)
+
+
+def build_batches(cfg: SailConfig, tokenizer, path: str, dp_rank: int, dp_size: int,
+                  dp_group=None, state: Optional[dict] = None,
+                  num_workers: Optional[int] = None) -> MultimodalBatches:
+    sources, weights = load_sources(path)
+    samples = BlendedSamples(sources, weights, cfg.train.seed, sample_encoder(cfg, tokenizer))
+    data, train = cfg.data, cfg.train
+    settings = LoaderSettings(
+        seq_length=data.seq_length, global_batch=train.global_batch_size,
+        micro_batch=train.micro_batch_size, packing=data.packing,
+        buffer_size=data.packing_buffer, seed=train.seed,
+        num_workers=data.num_workers if num_workers is None else num_workers,
+        prefetch=data.prefetch)
+    return MultimodalBatches(samples, settings, tokenizer.pad_id, dp_rank, dp_size, dp_group,
+                             state)

@@ -1,0 +1,338 @@
+"""The multimodal loader: blend -> sample stream -> planned global batches -> this rank's
+micro-batches, decoded by worker processes ahead of time.
+
+Everything the model sees is a pure function of the blend, the seed and a small state:
+
+- stream position ``p`` -> (dataset, sample) by the blend schedule (``blend.BlendSchedule``);
+- each global batch is planned from metadata alone (lengths, visual tokens) by every rank
+  alike: packed rows (``packing_plan``) or, without packing, the next ``G`` good samples;
+- the rows are dealt to data-parallel ranks balancing visual tokens (``packing_balance``), so
+  rows, loss and the stream do not depend on the DP size;
+- the state between global batches (``PackingState``: next position + carried samples) and
+  the skip counters go into checkpoints, so a resumed run (any DP size) sees exactly the
+  samples an uninterrupted run would have.
+
+Bad samples are skipped and counted by kind, never fatal: those found while planning
+(malformed lines, missing media, unreadable headers, too long) never enter a batch; those
+found only when decoding (corrupt pixels, undecodable video) keep their planned place as a
+padding segment outside the loss, so the batch layout stays deterministic.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Iterator, Optional, Sequence
+
+import torch
+
+from megatron_sail.data.batches import MicroBatch
+from megatron_sail.data.blend import BlendSchedule
+from megatron_sail.data.packing_balance import deal_rows, packing_stats
+from megatron_sail.data.packing_collate import collate_packed
+from megatron_sail.data.packing_plan import (
+    GlobalBatchPlan, PackedRow, PackingState, SampleInfo, plan_global_batch,
+)
+from megatron_sail.data.records import RecordError
+from megatron_sail.data.sample_encoder import SampleEncoder, SampleError
+from megatron_sail.data.sources import SampleSource
+
+MALFORMED = "malformed_record"
+
+
+class DataStateError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class LoaderSettings:
+    seq_length: int
+    global_batch: int  # packed rows with packing, else samples
+    micro_batch: int  # 1 with packing (a packed row is a micro-batch)
+    packing: bool = True
+    buffer_size: Optional[int] = None  # packing lookahead in samples; None: 4 x global_batch
+    seed: int = 1234
+    num_workers: int = 2
+    prefetch: int = 2  # micro-batches per worker in flight
+
+
+@dataclass(frozen=True)
+class Skip:
+    position: int
+    dataset: str
+    kind: str
+    where: str
+
+    def as_dict(self) -> dict:
+        return {"position": self.position, "dataset": self.dataset, "kind": self.kind,
+                "where": self.where}
+
+
+def _kind(exc: Exception) -> str:
+    return exc.kind.value if isinstance(exc, SampleError) else MALFORMED
+
+
+class BlendedSamples:
+    """Stream position -> plan (cached) and encoding, over the blend's sources."""
+
+    def __init__(self, sources: Sequence[SampleSource], weights: Sequence[float], seed: int,
+                 encoder: SampleEncoder):
+        self.sources = list(sources)
+        self.schedule = BlendSchedule([len(s) for s in sources], list(weights), seed)
+        self.encoder = encoder
+        self._infos: dict[int, Optional[SampleInfo]] = {}
+        self.failures: dict[int, Skip] = {}
+
+    def fingerprint(self) -> dict:
+        """What the stream depends on, to refuse resuming over a different blend."""
+        return {"datasets": [s.name for s in self.sources],
+                "sizes": [len(s) for s in self.sources],
+                "weights": self.schedule.weights, "seed": self.schedule.seed}
+
+    def info(self, position: int) -> Optional[SampleInfo]:
+        if position not in self._infos:
+            d, index = self.schedule.source_of(position)
+            try:
+                plan = self.sources[d].plan(index, self.encoder)
+                self._infos[position] = SampleInfo(position, plan.length, plan.visual_tokens)
+            except (SampleError, RecordError) as exc:
+                self._infos[position] = None
+                self.failures[position] = Skip(position, self.sources[d].name, _kind(exc), str(exc))
+        return self._infos[position]
+
+    def forget_before(self, position: int, keep: Sequence[int] = ()) -> None:
+        """Drop cached plans the planner will not ask for again."""
+        keep = set(keep)
+        for p in [p for p in self._infos if p < position and p not in keep]:
+            del self._infos[p]
+            self.failures.pop(p, None)
+
+    def encode(self, position: int):
+        d, index = self.schedule.source_of(position)
+        return self.sources[d].encode(index, self.encoder), self.sources[d].name
+
+
+@dataclass(frozen=True)
+class MicroBatchSpec:
+    """One micro-batch of one rank: rows of (position, planned length)."""
+
+    batch: int
+    rows: tuple[tuple[tuple[int, int], ...], ...]
+
+
+class _MicroBatchBuilder(torch.utils.data.Dataset):
+    """Decodes and collates a micro-batch (runs in loader workers)."""
+
+    def __init__(self, samples: BlendedSamples, settings: LoaderSettings, pad_id: int,
+                 image_size: int):
+        self.samples, self.settings, self.pad_id = samples, settings, pad_id
+        self.image_size = image_size
+
+    def __len__(self) -> int:  # specs come from the sampler; the length is nominal
+        return 2**62
+
+    def _sample(self, position: int, length: int, skips: list[Skip]) -> dict:
+        try:
+            enc, _ = self.samples.encode(position)
+            if len(enc.tokens) != length:  # the plan and the encoding must agree
+                raise SampleError(enc.where, f"encodes to {len(enc.tokens)} tokens but was "
+                                  f"planned at {length}", "malformed_record")
+            pixels = enc.pixel_values if enc.pixel_values.shape[0] else None
+            grids = enc.image_grids if pixels is not None else None
+            return {"tokens": enc.tokens, "labels": enc.labels, "loss_mask": enc.loss_mask,
+                    "position_ids": enc.position_ids, "pixel_values": pixels,
+                    "image_grids": grids}
+        except (SampleError, RecordError) as exc:
+            d, _ = self.samples.schedule.source_of(position)
+            skips.append(Skip(position, self.samples.sources[d].name, _kind(exc), str(exc)))
+            return self._filler(length)
+
+    def _filler(self, length: int) -> dict:
+        """A failed sample keeps its planned place: padding, outside the loss."""
+        pad = torch.full((length,), self.pad_id, dtype=torch.int64)
+        return {"tokens": pad, "labels": pad.clone(), "loss_mask": torch.zeros(length),
+                "position_ids": torch.arange(length), "pixel_values": None, "image_grids": None}
+
+    def __getitem__(self, spec: MicroBatchSpec) -> tuple[MicroBatch, list[Skip]]:
+        skips: list[Skip] = []
+        seq = self.settings.seq_length
+        if self.settings.packing:
+            (row,) = spec.rows
+            samples = [self._sample(p, n, skips) for p, n in row]
+            return collate_packed(samples, seq, self.pad_id), skips
+        samples = [_pad(self._sample(p, n, skips), seq, self.pad_id) for ((p, n),) in spec.rows]
+        pixels = [s["pixel_values"] for s in samples if s["pixel_values"] is not None]
+        grids = [s["image_grids"] for s in samples if s["image_grids"] is not None]
+        batch = MicroBatch(
+            tokens=torch.stack([s["tokens"] for s in samples]),
+            position_ids=torch.stack([s["position_ids"] for s in samples]),
+            labels=torch.stack([s["labels"] for s in samples]),
+            loss_mask=torch.stack([s["loss_mask"] for s in samples]).float(),
+            pixel_values=torch.cat(pixels) if pixels else None,
+            image_grids=torch.cat(grids) if grids else None)
+        return batch, skips
+
+
+def _as_is(item):
+    return item
+
+
+def _pad(sample: dict, seq_length: int, pad_id: int) -> dict:
+    n = sample["tokens"].numel()
+    out = dict(sample)
+    for key, fill in (("tokens", pad_id), ("labels", pad_id), ("loss_mask", 0)):
+        full = torch.full((seq_length,), fill, dtype=sample[key].dtype)
+        full[:n] = sample[key]
+        out[key] = full
+    out["position_ids"] = torch.arange(seq_length)
+    return out
+
+
+def _plan_unpacked(stream, state: PackingState, seq_length: int, count: int
+                   ) -> tuple[GlobalBatchPlan, PackingState]:
+    """The next ``count`` good samples in stream order, one per row."""
+    rows, skipped, position = [], [], state.next_position
+    while len(rows) < count:
+        info = stream(position)
+        if info is None:
+            skipped.append(position)
+        else:
+            rows.append(PackedRow((info,)))
+        position += 1
+    return GlobalBatchPlan(seq_length, tuple(rows), tuple(skipped), 0), PackingState(position)
+
+
+@dataclass
+class GlobalBatch:
+    """What one rank gets for one training step."""
+
+    microbatches: list[MicroBatch]  # this rank's, in order
+    metrics: dict  # packing statistics and cumulative skip counters (the same on all ranks)
+    skips: list[Skip]  # samples skipped in this global batch, on any rank
+    positions: tuple[int, ...]  # stream positions of all samples of the global batch
+
+
+@dataclass
+class _Planned:
+    state_before: PackingState
+    state_after: PackingState
+    plan: GlobalBatchPlan
+    ranks: list[list[PackedRow]]
+    skips: list[Skip] = field(default_factory=list)
+
+
+class MultimodalBatches:
+    """This rank's micro-batches of consecutive global batches, with a checkpointable state."""
+
+    def __init__(self, samples: BlendedSamples, settings: LoaderSettings, pad_id: int,
+                 dp_rank: int, dp_size: int, dp_group=None, state: Optional[dict] = None):
+        s = settings
+        if s.packing and s.micro_batch != 1:
+            raise ValueError(f"with packing a micro-batch is one packed row: micro-batch size "
+                             f"must be 1, got {s.micro_batch}")
+        if s.global_batch % (s.micro_batch * dp_size):
+            raise ValueError(f"global batch {s.global_batch} is not divisible by micro-batch "
+                             f"{s.micro_batch} x DP {dp_size}")
+        self.samples, self.settings, self.pad_id = samples, settings, pad_id
+        self.dp_rank, self.dp_size, self.dp_group = dp_rank, dp_size, dp_group
+        self.buffer_size = s.buffer_size or 4 * s.global_batch
+        self.skipped: collections.Counter = collections.Counter()
+        self._state = PackingState()
+        if state is not None:
+            self.load_state_dict(state)
+        self._iterator: Optional[Iterator] = None
+        self._pending: collections.deque[_Planned] = collections.deque()
+
+    @property
+    def num_microbatches(self) -> int:
+        return self.settings.global_batch // (self.settings.micro_batch * self.dp_size)
+
+    # -- state --------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """The state before the next global batch this rank has not consumed."""
+        return {"packing": self._state.as_dict(), "skipped": dict(self.skipped),
+                "blend": self.samples.fingerprint(), "packing_enabled": self.settings.packing}
+
+    def load_state_dict(self, state: dict) -> None:
+        stored, current = state.get("blend"), self.samples.fingerprint()
+        if stored != current:
+            raise DataStateError(f"the data stream changed since the checkpoint: it was "
+                                 f"{json.dumps(stored)}, now {json.dumps(current)}")
+        if bool(state.get("packing_enabled")) != self.settings.packing:
+            raise DataStateError("data.packing changed since the checkpoint; the stream "
+                                 "position cannot carry over")
+        self._state = PackingState.from_dict(state["packing"])
+        self.skipped = collections.Counter(state.get("skipped", {}))
+
+    # -- planning (main process, ahead of the workers) -------------------------------------
+    def _plan(self, state: PackingState) -> tuple[GlobalBatchPlan, PackingState]:
+        s = self.settings
+        if s.packing:
+            return plan_global_batch(self.samples.info, state, s.seq_length, s.global_batch,
+                                     max(self.buffer_size, s.global_batch))
+        return _plan_unpacked(self.samples.info, state, s.seq_length, s.global_batch)
+
+    def _specs(self) -> Iterator[MicroBatchSpec]:
+        state, number = self._state, 0
+        while True:
+            plan, after = self._plan(state)
+            planned = _Planned(state, after, plan, deal_rows(plan, self.dp_size),
+                               [self.samples.failures[p] for p in plan.skipped])
+            self._pending.append(planned)
+            self.samples.forget_before(after.next_position, after.carry)
+            rows = planned.ranks[self.dp_rank]
+            mbs = self.settings.micro_batch
+            for k in range(0, len(rows), mbs):
+                yield MicroBatchSpec(number, tuple(
+                    tuple((info.position, info.length) for info in row.samples)
+                    for row in rows[k:k + mbs]))
+            state, number = after, number + 1
+
+    def _loader(self) -> Iterator:
+        s = self.settings
+        builder = _MicroBatchBuilder(self.samples, s, self.pad_id,
+                                     self.samples.encoder.image_size)
+        loader = torch.utils.data.DataLoader(
+            builder, sampler=self._specs(), batch_size=None, collate_fn=_as_is,
+            num_workers=s.num_workers, prefetch_factor=s.prefetch if s.num_workers else None,
+            persistent_workers=False)
+        return iter(loader)
+
+    # -- consumption ----------------------------------------------------------------------
+    def next_global_batch(self) -> GlobalBatch:
+        """This rank's micro-batches of the next global batch, with its metrics and the samples
+        skipped in it (all ranks', gathered over the data-parallel group)."""
+        if self._iterator is None:
+            self._iterator = self._loader()
+        items = [next(self._iterator) for _ in range(self.num_microbatches)]
+        planned = self._pending.popleft()
+        decode_skips = [skip for _, skips in items for skip in skips]
+        if self.dp_size > 1 and self.dp_group is not None:
+            gathered: list = [None] * self.dp_size
+            torch.distributed.all_gather_object(gathered, decode_skips, group=self.dp_group)
+            decode_skips = [skip for part in gathered for skip in part]
+        skips = planned.skips + sorted(decode_skips, key=lambda k: k.position)
+        self.skipped.update(skip.kind for skip in skips)
+        self._state = planned.state_after
+        metrics = {**packing_stats(planned.ranks, self.settings.seq_length),
+                   "data/tokens": sum(r.tokens for r in planned.plan.rows),
+                   "data/skipped": sum(self.skipped.values()),
+                   **{f"data/skipped/{kind}": n for kind, n in sorted(self.skipped.items())}}
+        positions = tuple(p for row in planned.plan.rows for p in row.positions)
+        return GlobalBatch([batch for batch, _ in items], metrics, skips, positions)
+
+    def close(self) -> None:
+        self._iterator = None
+        self._pending.clear()
+
+
+def stream_digest(batches: Sequence[MicroBatch]) -> str:
+    """A short hash of micro-batch contents (tests and resume checks)."""
+    h = hashlib.sha256()
+    for b in batches:
+        for t in (b.tokens, b.labels, b.loss_mask, b.cu_seqlens, b.pixel_values):
+            if t is not None:
+                h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
