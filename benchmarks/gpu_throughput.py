@@ -45,6 +45,21 @@ IMPLS = {  # name -> config overrides
 }
 
 
+def _as_packed(batch, samples: int):
+    """One micro-batch row cut into ``samples`` attention segments (positions restart)."""
+    import dataclasses
+
+    import torch
+
+    if batch.tokens.shape[0] != 1:
+        raise SystemExit("--packed-samples needs --micro-batch 1 (a packed row per micro-batch)")
+    seq = batch.tokens.shape[1]
+    bounds = torch.linspace(0, seq, samples + 1).round().to(torch.int32)
+    positions = torch.cat([torch.arange(int(b - a)) for a, b in zip(bounds[:-1], bounds[1:])])
+    return dataclasses.replace(batch, position_ids=positions[None], cu_seqlens=bounds,
+                               max_seqlen=int((bounds[1:] - bounds[:-1]).max()))
+
+
 def bench(impl: str, ns: argparse.Namespace, out_dir: str) -> dict:
     import torch
 
@@ -73,6 +88,8 @@ def bench(impl: str, ns: argparse.Namespace, out_dir: str) -> dict:
     trainer = Trainer(cfg, detect_env())
     try:
         batches = trainer.batches.microbatches(0)
+        if ns.packed_samples > 1:  # the same rows as packed THD rows of equal-length samples
+            batches = [_as_packed(b, ns.packed_samples) for b in batches]
         torch.cuda.reset_peak_memory_stats()
         times = []
         for step in range(ns.warmup + ns.steps):
@@ -111,6 +128,8 @@ def main() -> int:
                    help=f"comma-separated, from {', '.join(IMPLS)} (default: both local ones, "
                         f"and TE when it is importable)")
     p.add_argument("--peak-tflops", type=float, default=None)
+    p.add_argument("--packed-samples", type=int, default=1,
+                   help="cut every row into this many packed samples (THD, cu_seqlens)")
     ns = p.parse_args()
 
     import torch
@@ -134,7 +153,8 @@ def main() -> int:
     print(f"\n{name}, peak {peak:.1f} dense bf16 TFLOP/s; sailvl2-2b widths, {ns.llm_layers} "
           f"LLM and {ns.vision_layers} ViT layers, seq {ns.seq_length}, micro-batch "
           f"{ns.micro_batch}, global batch {ns.global_batch}, median of {ns.steps} steps after "
-          f"{ns.warmup}")
+          f"{ns.warmup}" + (f", rows packed from {ns.packed_samples} samples"
+                            if ns.packed_samples > 1 else ""))
     print(f"{'impl':20s} {'step s':>7s} {'tokens/s':>9s} {'TFLOP/s':>8s} {'MFU':>6s} "
           f"{'max alloc GiB':>13s} {'planned GiB':>11s}")
     for r in results:
