@@ -29,6 +29,7 @@ setup(
         "te": ["transformer-engine[pytorch]>=1.13"],
         # Media decoding: DALI wheels are built per CUDA major version, so the user picks the
         # flavour matching the cluster's driver; PyAV decodes what DALI's CPU backend cannot.
+        "video": ["av>=12"],  # video probing and decoding (all codecs, CPU)
         "dali-cuda12": ["nvidia-dali-cuda120>=1.40", "av>=12"],
         "dali-cuda13": ["nvidia-dali-cuda130>=2.0", "av>=12"],
         "test": ["pytest>=8.0", "transformers>=4.57", "nvidia-dali-cuda120>=1.40", "av>=12"],

@@ -6,12 +6,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+from megatron_sail.data.media.tiling import IMAGENET_MEAN, IMAGENET_STD, normalize
 
-# Folded into one multiply-add per pixel: (x / 255 - mean) / std == x * scale + shift.
-_SCALE = torch.tensor([1.0 / (255.0 * s) for s in IMAGENET_STD], dtype=torch.float32).view(3, 1, 1)
-_SHIFT = torch.tensor([-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)], dtype=torch.float32).view(3, 1, 1)
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "to_pixel_values"]
 
 
 def to_pixel_values(image: np.ndarray, image_size: int) -> torch.Tensor:
@@ -23,6 +20,6 @@ def to_pixel_values(image: np.ndarray, image_size: int) -> torch.Tensor:
     if image.shape[:2] != (image_size, image_size):
         resized = Image.fromarray(image).resize((image_size, image_size), Image.Resampling.BICUBIC)
         image = np.asarray(resized)
-    # torch.tensor copies, so read-only arrays (e.g. from Pillow) are fine.
-    chw = torch.tensor(image).permute(2, 0, 1).to(torch.float32)
-    return (chw * _SCALE + _SHIFT).contiguous()
+    # torch.tensor copies, so read-only arrays (e.g. from Pillow) are fine; the release's
+    # arithmetic (x / 255 - mean) / std, shared with the real-data path.
+    return normalize(torch.tensor(image).permute(2, 0, 1))

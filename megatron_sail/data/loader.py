@@ -212,6 +212,7 @@ class GlobalBatch:
     metrics: dict  # packing statistics and cumulative skip counters (the same on all ranks)
     skips: list[Skip]  # samples skipped in this global batch, on any rank
     positions: tuple[int, ...]  # stream positions of all samples of the global batch
+    shapes: tuple[tuple[int, int], ...]  # (tokens, visual tokens) of each of them
 
 
 @dataclass
@@ -320,8 +321,10 @@ class MultimodalBatches:
                    "data/tokens": sum(r.tokens for r in planned.plan.rows),
                    "data/skipped": sum(self.skipped.values()),
                    **{f"data/skipped/{kind}": n for kind, n in sorted(self.skipped.items())}}
-        positions = tuple(p for row in planned.plan.rows for p in row.positions)
-        return GlobalBatch([batch for batch, _ in items], metrics, skips, positions)
+        infos = [s for row in planned.plan.rows for s in row.samples]
+        return GlobalBatch([batch for batch, _ in items], metrics, skips,
+                           tuple(s.position for s in infos),
+                           tuple((s.length, s.visual_tokens) for s in infos))
 
     def close(self) -> None:
         self._iterator = None

@@ -19,6 +19,7 @@ Conventions (also returned by ``Conventions.describe`` so every report states th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from megatron_sail.scaling.shapes import LLMShape, ModelShape, VisionShape, shape_from_config
@@ -199,6 +200,21 @@ def train_flops_per_iteration(cfg, tiles_per_sample: float | None = None,
     per_sample = sample_flops(shape_from_config(cfg), cfg.data.seq_length, tiles,
                               tuple(cfg.model.freeze), conventions)
     return cfg.train.global_batch_size * per_sample.total
+
+
+def batch_flops(shape: ModelShape, samples: Sequence[tuple[int, int]],
+                frozen: Sequence[str] = (), conventions: Conventions = Conventions()) -> float:
+    """Model FLOPs of one step over real samples, each ``(tokens, visual tokens)``: a packed
+    sample attends only within itself, so each is counted at its own length (padding is not
+    model work). AnyRes images count as visual_tokens / tokens_per_tile tiles."""
+    cache: dict[tuple[int, int], float] = {}
+    total = 0.0
+    for length, visual in samples:
+        if (length, visual) not in cache:
+            cache[length, visual] = sample_flops(shape, length, visual / shape.tokens_per_tile,
+                                                 tuple(frozen), conventions).total
+        total += cache[length, visual]
+    return total
 
 
 def mfu(flops_per_iteration: float, step_time_s: float, num_gpus: int,

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Optional
 
-from megatron_sail.scaling.flops import mfu, train_flops_per_iteration
+from megatron_sail.scaling.flops import batch_flops, mfu, train_flops_per_iteration
+from megatron_sail.scaling.shapes import ModelShape, shape_from_config
 from megatron_sail.scaling.hardware import compute_precision, peak_tflops
 
 
@@ -14,6 +16,8 @@ class ThroughputMeter:
     flops_per_iteration: float  # model FLOPs of one optimizer step (all ranks together)
     num_devices: int
     peak_tflops: Optional[float]  # per device; None: no MFU (a CPU without a stated peak)
+    shape: Optional[ModelShape] = None  # for steps over real samples (batch_flops)
+    frozen: tuple[str, ...] = ()
 
     @classmethod
     def for_run(cls, cfg, world_size: int, on_gpu: bool, gpu: str = "h100",
@@ -23,12 +27,16 @@ class ThroughputMeter:
         peak = None
         if on_gpu or peak_override is not None:
             peak = peak_tflops(gpu, compute_precision(cfg.model.fp8), peak_override)
-        return cls(train_flops_per_iteration(cfg), world_size, peak)
+        return cls(train_flops_per_iteration(cfg), world_size, peak, shape_from_config(cfg),
+                   tuple(cfg.model.freeze))
 
-    def metrics(self, step_time_s: float) -> dict[str, float]:
-        out = {"model_tflops_per_device":
-               self.flops_per_iteration / step_time_s / self.num_devices / 1e12}
+    def metrics(self, step_time_s: float,
+                samples: Optional[Sequence[tuple[int, int]]] = None) -> dict[str, float]:
+        """``samples`` (tokens, visual tokens) of a real-data step; None: the synthetic
+        global batch the config describes."""
+        flops = self.flops_per_iteration if samples is None else batch_flops(
+            self.shape, samples, self.frozen)
+        out = {"model_tflops_per_device": flops / step_time_s / self.num_devices / 1e12}
         if self.peak_tflops is not None:
-            out["mfu"] = mfu(self.flops_per_iteration, step_time_s, self.num_devices,
-                             self.peak_tflops)
+            out["mfu"] = mfu(flops, step_time_s, self.num_devices, self.peak_tflops)
         return out

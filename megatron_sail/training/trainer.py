@@ -266,10 +266,11 @@ class Trainer:
             t0 = time.perf_counter()
             if self.routing:
                 self.routing.reset_step()
-            data_metrics, skips = {}, []
+            data_metrics, skips, shapes = {}, [], None
             if self.data is not None:
                 batch = self.data.next_global_batch()
                 microbatches, data_metrics, skips = batch.microbatches, batch.metrics, batch.skips
+                shapes = batch.shapes
             else:
                 microbatches = self._microbatches(self.batches, state.consumed_samples)
             result = run_step(self.model, self.optimizer, self.scheduler, microbatches,
@@ -292,7 +293,7 @@ class Trainer:
                 "loss_tokens": int(result.num_tokens),
                 "consumed_samples": state.consumed_samples,
                 "step_time_s": elapsed,
-                **self.throughput.metrics(elapsed),
+                **self.throughput.metrics(elapsed, shapes),
                 **data_metrics,
             }
             if train.eval_interval and state.iteration % train.eval_interval == 0:

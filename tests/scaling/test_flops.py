@@ -10,7 +10,7 @@ import pytest
 from megatron_sail import cli
 from megatron_sail.config import load_config
 from megatron_sail.scaling.flops import (
-    Conventions, mfu, sample_flops, train_flops_per_iteration,
+    Conventions, batch_flops, mfu, sample_flops, train_flops_per_iteration,
 )
 from megatron_sail.scaling.hardware import peak_tflops
 from megatron_sail.scaling.shapes import PUBLISHED, shape_from_preset
@@ -110,6 +110,24 @@ def test_train_flops_per_iteration_of_the_tiny_config():
     per_sample = sample_flops(shape, cfg.data.seq_length, 1, ("vision",)).total
     assert shape.tokens_per_tile == 16  # 112 px tiles: 8x8 patches, 2x2 merge
     assert train_flops_per_iteration(cfg) == pytest.approx(cfg.train.global_batch_size * per_sample)
+
+
+def test_real_data_steps_count_each_packed_sample_at_its_own_length():
+    """A packed row of samples attends within each sample: its FLOPs are the sum of the
+    samples' own, less than one sample of the row's length (causal attention is quadratic)."""
+    shape = shape_from_preset("sailvl2-2b")
+    samples = [(1500, 512), (2000, 0), (4000, 1536)]
+    own = sum(sample_flops(shape, n, v / 256).total for n, v in samples)
+    assert batch_flops(shape, samples) == pytest.approx(own)
+    assert batch_flops(shape, samples + samples[:1]) == pytest.approx(
+        own + sample_flops(shape, 1500, 2).total)
+    row = sample_flops(shape, 7500, 8).total
+    assert own < row
+    # the difference is exactly the cross-sample attention a packed row does not compute
+    diff = row - own
+    llm = shape.llm
+    cross = 3 * llm.num_layers * 2 * 2 * llm.q_dim * (7500 ** 2 - sum(n * n for n, _ in samples)) / 2
+    assert diff == pytest.approx(cross, rel=1e-9)
 
 
 def test_mfu_and_peaks():
