@@ -1,7 +1,7 @@
 """A small multimodal JSONL dataset with planted bad samples, for loader and training tests.
 
 Good samples: captions of images (JPEG/PNG, various aspect ratios, some with several images),
-text-only chats and short videos. Planted problems, one each: a malformed JSON line, a
+text-only chats and short videos (H.264 .mp4 and VP9 .webm: PyAV and DALI's CPU backend). Planted problems, one each: a malformed JSON line, a
 missing image file, a truncated JPEG (header probes fine, pixels do not decode), a video that
 is not a video, and a sample too long for the sequence length.
 """
@@ -11,7 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.data.media_fixtures import chat, image_bytes, truncated_jpeg, video_bytes, write, write_jsonl
+import io
+
+import numpy as np
+
+from tests.data.media_fixtures import chat, image_bytes, truncated_jpeg, write, write_jsonl
 
 WORDS = ("red", "blue", "circle", "square", "small", "large", "left", "right", "top", "bottom")
 
@@ -21,6 +25,24 @@ class PlantedDataset:
     jsonl: Path
     good: int
     bad: dict[str, str]  # kind -> the file (or file:line) the loader must report
+
+
+def clip(codec: str, frames: int = 6, size: int = 48, seed: int = 0) -> bytes:
+    """A short clip: ``libx264`` (mp4) or ``libvpx-vp9`` (webm)."""
+    import av
+
+    rng = np.random.default_rng(seed)
+    out = io.BytesIO()
+    with av.open(out, mode="w", format="mp4" if codec == "libx264" else "webm") as container:
+        stream = container.add_stream(codec, rate=8)
+        stream.width, stream.height, stream.pix_fmt = size, size, "yuv420p"
+        for _ in range(frames):
+            pixels = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return out.getvalue()
 
 
 def _caption(i: int, n: int = 6) -> str:
@@ -47,9 +69,10 @@ def make_dataset(root: Path, good: int = 40, bad: bool = True, long_words: int =
         elif kind == 3:  # text only, two rounds
             rows.append({"conversations": chat("Say a colour.", _caption(i, 2),
                                                "And a shape?", _caption(i + 1, 3))})
-        else:  # a short video
-            write(media / f"clip{i}.mp4", video_bytes(frames=6, seed=i))
-            rows.append({"video": f"media/clip{i}.mp4",
+        else:  # a short video, H.264 or VP9
+            name = f"clip{i}.mp4" if i % 10 == 4 else f"clip{i}.webm"
+            write(media / name, clip("libx264" if name.endswith("mp4") else "libvpx-vp9", seed=i))
+            rows.append({"video": f"media/{name}",
                          "conversations": chat("<video>\nWhat happens?", _caption(i, 5))})
     planted: dict[str, str] = {}
     jsonl = root / "train.jsonl"

@@ -68,3 +68,36 @@ def test_resume_continues_the_stream(sail, data, straight, tmp_path, resume_npro
         assert [r["loss"] for r in resumed[6:]] == [r["loss"] for r in ref[6:]]
     else:  # DP=1 sums the same token losses in another order
         assert_close_losses(sail.losses(tmp_path), sail.losses(straight), range(7, 13))
+
+
+def test_prepare_check_and_train_on_shards(sail, data, tmp_path):
+    """The held-back-dataset workflow: `sail data check` names every planted problem and fails,
+    `sail data prepare` skips them and succeeds, the shards check clean and train."""
+    import subprocess
+    import sys
+
+    dataset, args = data
+    tokenizer = next(a.split("=", 1)[1] for a in args if a.startswith("data.tokenizer="))
+    common = ["--tokenizer", tokenizer, "--seq-length", "256", "--image-size", "112",
+              "--max-tiles", "4", "--num-frames", "4", "--workers", "2"]
+
+    def data_cli(*argv):
+        return subprocess.run([sys.executable, "-m", "megatron_sail.cli", "data", *argv],
+                              capture_output=True, text=True, timeout=300)
+
+    check = data_cli("check", str(dataset.jsonl), *common)
+    assert check.returncode == 1, check.stderr
+    for where in dataset.bad.values():
+        assert where in check.stdout, (where, check.stdout[-3000:])
+    prepared = data_cli("prepare", str(dataset.jsonl), "--out", str(tmp_path / "shards"),
+                        "--shard-size", "20000", *common)
+    assert prepared.returncode == 0, prepared.stderr
+    assert f"wrote {dataset.good} samples" in prepared.stdout
+    clean = data_cli("check", str(tmp_path / "shards"), *common)
+    assert clean.returncode == 0, clean.stdout[-3000:]
+
+    shard_args = [a for a in args if not a.startswith(("data.blend=", "train.train_iters="))]
+    sail.train(tmp_path / "run", *shard_args, f"data.blend={tmp_path / 'shards'}",
+               "train.train_iters=4", nproc=2)
+    metrics = sail.metrics(tmp_path / "run")
+    assert len(metrics) == 4 and metrics[-1]["data/skipped"] == 0
