@@ -24,7 +24,8 @@ def data(tmp_path_factory):
             f"data.tokenizer={root / 'tokenizer.model'}", "data.seq_length=256",
             "data.max_tiles=4", "data.num_frames=4", "data.num_workers=1",
             "train.micro_batch_size=1", "train.global_batch_size=4", "train.train_iters=12",
-            "train.eval_interval=null", "optimizer.lr_warmup_iters=2"]
+            "train.eval_interval=6", f"data.valid_blend={dataset.jsonl}",
+            "optimizer.lr_warmup_iters=2"]
     return dataset, args
 
 
@@ -51,6 +52,8 @@ def test_planted_files_are_reported_and_counted(sail, data, straight):
     assert last["packing_efficiency"] > 0.8
     losses = sail.losses(straight)
     assert losses[12] < losses[1]
+    evals = {r["iteration"]: r["val_loss"] for r in sail.metrics(straight) if "val_loss" in r}
+    assert set(evals) == {6, 12} and evals[12] < evals[6]
 
 
 @pytest.mark.parametrize("resume_nproc", [2, 1])
@@ -96,8 +99,9 @@ def test_prepare_check_and_train_on_shards(sail, data, tmp_path):
     clean = data_cli("check", str(tmp_path / "shards"), *common)
     assert clean.returncode == 0, clean.stdout[-3000:]
 
-    shard_args = [a for a in args if not a.startswith(("data.blend=", "train.train_iters="))]
+    shard_args = [a for a in args if not a.startswith(("data.blend=", "train.train_iters=",
+                                                       "train.eval_interval="))]
     sail.train(tmp_path / "run", *shard_args, f"data.blend={tmp_path / 'shards'}",
-               "train.train_iters=4", nproc=2)
+               "train.train_iters=4", "train.eval_interval=null", nproc=2)
     metrics = sail.metrics(tmp_path / "run")
     assert len(metrics) == 4 and metrics[-1]["data/skipped"] == 0
