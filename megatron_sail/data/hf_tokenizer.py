@@ -15,7 +15,8 @@ import os
 from collections.abc import Iterable
 from typing import Protocol
 
-from megatron_sail.data.special_tokens import IM_END, IMG_CONTEXT, IMG_END, IMG_START, PAD, SPECIAL_TOKENS
+from megatron_sail.data.chat import ChatTokenizer
+from megatron_sail.data.special_tokens import SPECIAL_TOKENS, SpecialTokenIds
 
 # Qwen2/Qwen3 pre-tokenisation: contractions, letter runs with one leading non-letter, single
 # digits, punctuation runs, newline runs, other whitespace.
@@ -25,23 +26,12 @@ QWEN_PRETOKENIZE_REGEX = (
 )
 
 
-class Tokenizer(Protocol):
+class Tokenizer(ChatTokenizer, Protocol):
     """What the data pipeline needs from a tokenizer (SentencePiece or Hugging Face)."""
 
     @property
     def vocab_size(self) -> int: ...
-    @property
-    def pad_id(self) -> int: ...
-    @property
-    def eos_id(self) -> int: ...
-    @property
-    def img_context_id(self) -> int: ...
-    @property
-    def img_start_id(self) -> int: ...
-    @property
-    def img_end_id(self) -> int: ...
     def token_id(self, piece: str) -> int: ...
-    def encode(self, text: str) -> list[int]: ...
     def decode(self, ids: Iterable[int]) -> str: ...
 
 
@@ -102,7 +92,7 @@ def _build_bpe(directory: str):
     return tok
 
 
-class HFTokenizer:
+class HFTokenizer(SpecialTokenIds):
     def __init__(self, directory: str) -> None:
         from tokenizers import Tokenizer as HFTokenizerBackend
 
@@ -120,35 +110,11 @@ class HFTokenizer:
         missing = [t for t in SPECIAL_TOKENS if self._tok.token_to_id(t) is None]
         if missing:
             raise ValueError(f"tokenizer in {directory} lacks special tokens {missing}")
-        self._pad_id = self.token_id(PAD)
-        self._eos_id = self.token_id(IM_END)
-        self._img_context_id = self.token_id(IMG_CONTEXT)
-        self._img_start_id = self.token_id(IMG_START)
-        self._img_end_id = self.token_id(IMG_END)
+        self._init_special_ids()
 
     @property
     def vocab_size(self) -> int:
         return self._tok.get_vocab_size(with_added_tokens=True)
-
-    @property
-    def pad_id(self) -> int:
-        return self._pad_id
-
-    @property
-    def eos_id(self) -> int:
-        return self._eos_id
-
-    @property
-    def img_context_id(self) -> int:
-        return self._img_context_id
-
-    @property
-    def img_start_id(self) -> int:
-        return self._img_start_id
-
-    @property
-    def img_end_id(self) -> int:
-        return self._img_end_id
 
     def token_id(self, piece: str) -> int:
         idx = self._tok.token_to_id(piece)

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 import sentencepiece as spm
 
 from megatron_sail.data.chat import template_texts
-from megatron_sail.data.special_tokens import IM_END, IMG_CONTEXT, IMG_END, IMG_START, PAD, SPECIAL_TOKENS
+from megatron_sail.data.special_tokens import SPECIAL_TOKENS, SpecialTokenIds
 from megatron_sail.data.synthetic import corpus
 
 __all__ = [
@@ -23,7 +23,7 @@ __all__ = [
 ]
 
 
-class SentencePieceTokenizer:
+class SentencePieceTokenizer(SpecialTokenIds):
     def __init__(self, model_path: str) -> None:
         if not os.path.isfile(model_path):
             raise FileNotFoundError(f"tokenizer model not found: {model_path}")
@@ -40,11 +40,7 @@ class SentencePieceTokenizer:
         missing = [t for t in SPECIAL_TOKENS if self._lookup(t) is None]
         if missing:
             raise ValueError(f"tokenizer model {model_path} lacks special tokens {missing}")
-        self._pad_id = self.token_id(PAD)
-        self._eos_id = self.token_id(IM_END)
-        self._img_context_id = self.token_id(IMG_CONTEXT)
-        self._img_start_id = self.token_id(IMG_START)
-        self._img_end_id = self.token_id(IMG_END)
+        self._init_special_ids()
 
     def _lookup(self, piece: str) -> int | None:
         # piece_to_id maps unknown pieces to unk instead of failing.
@@ -56,26 +52,6 @@ class SentencePieceTokenizer:
     @property
     def vocab_size(self) -> int:
         return self._sp.get_piece_size()
-
-    @property
-    def pad_id(self) -> int:
-        return self._pad_id
-
-    @property
-    def eos_id(self) -> int:
-        return self._eos_id
-
-    @property
-    def img_context_id(self) -> int:
-        return self._img_context_id
-
-    @property
-    def img_start_id(self) -> int:
-        return self._img_start_id
-
-    @property
-    def img_end_id(self) -> int:
-        return self._img_end_id
 
     def token_id(self, piece: str) -> int:
         idx = self._lookup(piece)

@@ -11,11 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import io
-
-import numpy as np
-
-from tests.data.media_fixtures import chat, image_bytes, truncated_jpeg, write, write_jsonl
+from tests.data.media_fixtures import chat, image_bytes, truncated_jpeg, video_bytes, write, write_jsonl
 
 WORDS = ("red", "blue", "circle", "square", "small", "large", "left", "right", "top", "bottom")
 
@@ -25,24 +21,6 @@ class PlantedDataset:
     jsonl: Path
     good: int
     bad: dict[str, str]  # kind -> the file (or file:line) the loader must report
-
-
-def clip(codec: str, frames: int = 6, size: int = 48, seed: int = 0) -> bytes:
-    """A short clip: ``libx264`` (mp4) or ``libvpx-vp9`` (webm)."""
-    import av
-
-    rng = np.random.default_rng(seed)
-    out = io.BytesIO()
-    with av.open(out, mode="w", format="mp4" if codec == "libx264" else "webm") as container:
-        stream = container.add_stream(codec, rate=8)
-        stream.width, stream.height, stream.pix_fmt = size, size, "yuv420p"
-        for _ in range(frames):
-            pixels = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return out.getvalue()
 
 
 def _caption(i: int, n: int = 6) -> str:
@@ -71,7 +49,8 @@ def make_dataset(root: Path, good: int = 40, bad: bool = True, long_words: int =
                                                "And a shape?", _caption(i + 1, 3))})
         else:  # a short video, H.264 or VP9
             name = f"clip{i}.mp4" if i % 10 == 4 else f"clip{i}.webm"
-            write(media / name, clip("libx264" if name.endswith("mp4") else "libvpx-vp9", seed=i))
+            codec = "libx264" if name.endswith("mp4") else "libvpx-vp9"
+            write(media / name, video_bytes(frames=6, width=48, height=48, seed=i, codec=codec))
             rows.append({"video": f"media/{name}",
                          "conversations": chat("<video>\nWhat happens?", _caption(i, 5))})
     planted: dict[str, str] = {}

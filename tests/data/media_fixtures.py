@@ -24,13 +24,15 @@ def truncated_jpeg(width: int = 64, height: int = 48) -> bytes:
     return data[: len(data) // 2]
 
 
-def video_bytes(frames: int = 4, width: int = 32, height: int = 32, seed: int = 0) -> bytes:
+def video_bytes(frames: int = 4, width: int = 32, height: int = 32, seed: int = 0,
+                codec: str = "mpeg4") -> bytes:
+    """Random frames encoded with ``codec`` (mpeg4 / libx264 in mp4, libvpx-vp9 in webm)."""
     import av
 
     rng = np.random.default_rng(seed)
     out = io.BytesIO()
-    with av.open(out, mode="w", format="mp4") as container:
-        stream = container.add_stream("mpeg4", rate=8)
+    with av.open(out, mode="w", format="webm" if codec.startswith("libvpx") else "mp4") as container:
+        stream = container.add_stream(codec, rate=8)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         for _ in range(frames):
             pixels = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
