@@ -115,6 +115,21 @@ def bench(impl: str, ns: argparse.Namespace, out_dir: str) -> dict:
             "tflops": flops / step_time / 1e12, "peak_mem": peak_mem, "planned_mem": planned}
 
 
+def _bench_or_oom(impl: str, ns: argparse.Namespace, out_dir: str) -> dict:
+    """One implementation; running out of memory is a result, not the end of the run."""
+    import gc
+
+    import torch
+
+    try:
+        return bench(impl, ns, out_dir)
+    except torch.OutOfMemoryError as exc:
+        print(f"  {impl}: out of GPU memory", flush=True)
+        gc.collect()
+        torch.cuda.empty_cache()
+        return {"impl": impl, "oom": str(exc).split(".")[0]}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--llm-layers", type=int, default=8)
@@ -149,7 +164,7 @@ def main() -> int:
     name = torch.cuda.get_device_name(0)
     peak = _peak(name, ns.peak_tflops)
     with tempfile.TemporaryDirectory(prefix="sail-gpu-bench-") as tmp:
-        results = [bench(impl, ns, tmp) for impl in impls]
+        results = [_bench_or_oom(impl, ns, tmp) for impl in impls]
     print(f"\n{name}, peak {peak:.1f} dense bf16 TFLOP/s; sailvl2-2b widths, {ns.llm_layers} "
           f"LLM and {ns.vision_layers} ViT layers, seq {ns.seq_length}, micro-batch "
           f"{ns.micro_batch}, global batch {ns.global_batch}, median of {ns.steps} steps after "
@@ -158,11 +173,15 @@ def main() -> int:
     print(f"{'impl':20s} {'step s':>7s} {'tokens/s':>9s} {'TFLOP/s':>8s} {'MFU':>6s} "
           f"{'max alloc GiB':>13s} {'planned GiB':>11s}")
     for r in results:
+        if "oom" in r:
+            print(f"{r['impl']:20s} out of GPU memory ({r['oom']})")
+            continue
         print(f"{r['impl']:20s} {r['step_time']:7.3f} {r['tokens_per_s']:9.0f} "
               f"{r['tflops']:8.1f} {r['tflops'] / peak:6.1%} {r['peak_mem'] / GIB:13.1f} "
               f"{r['planned_mem'] / GIB:11.1f}")
-    base = results[0]
-    for r in results[1:]:  # ratios within this run
+    ran = [r for r in results if "oom" not in r]
+    base = ran[0] if ran else None
+    for r in ran[1:]:  # ratios within this run
         ratio = r["tokens_per_s"] / base["tokens_per_s"]
         print(f"{r['impl']} / {base['impl']}: tokens/s x{ratio:.2f}")
     return 0
