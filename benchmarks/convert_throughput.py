@@ -1,10 +1,11 @@
 """Conversion throughput and memory on a synthetic release-layout checkpoint.
 
     python benchmarks/convert_throughput.py [--gb 2.5] [--tp 1] [--workdir /tmp/x]
+    python benchmarks/convert_throughput.py --preset sailvl2-a3b --ep 2   # Qwen3-MoE
 
-Writes a bf16 SAIL-VL2 release checkpoint of the given size (the 2B model's SAIL-ViT-Huge and
-vocabulary; LLM layers chosen to reach the size), then times, in the same run and on the same
-warm page cache:
+Writes a bf16 SAIL-VL2 release checkpoint of about the given size (the preset's SAIL-ViT-Huge
+and vocabulary; LLM layers added until the size is reached: one A3B layer is 1.2 GiB, so its
+checkpoints start at 3.7 GiB), then times, in the same run and on the same warm page cache:
   * plain safetensors read + write of the same bytes (load_file -> save_file per shard),
   * ``sail convert import-hf`` and ``sail convert export-hf`` (the real CLI, subprocesses),
 and prints throughput ratios (target >= 0.5) and peak memory summed over all processes of
@@ -44,10 +45,11 @@ from megatron_sail.convert.tables import sailvl_release
 GiB = 2**30
 
 
-def synthetic_release(directory: Path, target_bytes: int, shard_bytes: int = 2**30) -> int:
+def synthetic_release(directory: Path, target_bytes: int, preset: str = "sailvl2-2b",
+                      shard_bytes: int = 2**30) -> int:
     """A bf16 release-layout checkpoint of at least ``target_bytes`` (LLM layers added until
-    it is reached, at most the 2B model's 28: 5.1 GiB); returns its size."""
-    cfg = load_config(None, ["model.preset=sailvl2-2b"])
+    it is reached, at most the preset's: 5.1 GiB for the 2B model); returns its size."""
+    cfg = load_config(None, [f"model.preset={preset}"])
     model = cfg.model
     for layers in range(1, model.llm.num_layers + 1):
         model.llm.num_layers = layers
@@ -158,8 +160,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gb", type=float, default=2.5,
-                    help="checkpoint size in GiB (>= 2; at most the full 2B model, 5.1)")
+                    help="checkpoint size in GiB (>= 2; at most the whole model: 5.1 for the 2B; "
+                    "at least 3.7 for the A3B)")
     ap.add_argument("--tp", type=int, default=1)
+    ap.add_argument("--ep", type=int, default=1, help="expert parallel size (MoE presets)")
+    ap.add_argument("--preset", default="sailvl2-2b", help="sailvl2-2b (default), sailvl2-8b "
+                    "or sailvl2-a3b (Qwen3-MoE)")
     ap.add_argument("--workdir", default=None)
     ns = ap.parse_args()
     work = Path(ns.workdir or tempfile.mkdtemp(prefix="sail-convert-bench-"))
@@ -172,13 +178,13 @@ def main() -> int:
             size = sum(f.stat().st_size for f in hf.glob("*.safetensors"))
             print(f"reusing {hf}: {size / GiB:.2f} GiB")
         else:
-            size = synthetic_release(hf, int(ns.gb * GiB))
+            size = synthetic_release(hf, int(ns.gb * GiB), ns.preset)
         plain_copy(hf, work / "warmup")  # same warm page cache for everything below
         plain = plain_copy(hf, work / "plain")
         plain_sync = plain_copy(hf, work / "plain", fsync=True)
         sail = [sys.executable, "-m", "megatron_sail.cli", "convert"]
         imp = run_measured(sail + ["import-hf", "--hf", str(hf), "--out", str(work / "ckpt"),
-                                   "--tp", str(ns.tp)])
+                                   "--tp", str(ns.tp), "--ep", str(ns.ep)])
         exp = run_measured(sail + ["export-hf", "--ckpt", str(work / "ckpt"), "--out",
                                    str(work / "exported")])
         baseline = min(plain, plain_copy(hf, work / "plain"))
@@ -187,7 +193,7 @@ def main() -> int:
               f"({size / GiB / baseline:.2f} GiB/s), with fsync {plain_sync:.1f} s")
         for name, run in (("import-hf", imp), ("export-hf", exp)):
             ratio = baseline / run.seconds
-            print(f"{name} TP={ns.tp}: {run.seconds:.1f} s, throughput ratio {ratio:.2f} "
+            print(f"{name} TP={ns.tp} EP={ns.ep}: {run.seconds:.1f} s, throughput ratio {ratio:.2f} "
                   f"(target >= 0.5: {'ok' if ratio >= 0.5 else 'MISSED'}; vs fsync'd plain "
                   f"{plain_sync / run.seconds:.2f}); peak memory {run.pss_peak / GiB:.2f} GiB "
                   f"summed PSS, target {budget / GiB:.2f} GiB "

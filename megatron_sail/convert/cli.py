@@ -16,7 +16,8 @@ def _layout_args(cmd: argparse.ArgumentParser, ep: bool = True) -> None:
     cmd.add_argument("--tp", type=int, default=1, help="tensor parallel size (default 1)")
     cmd.add_argument("--pp", type=int, default=1, help="pipeline parallel size (default 1)")
     if ep:
-        cmd.add_argument("--ep", type=int, default=1, help="expert parallel size (MoE only)")
+        cmd.add_argument("--ep", type=int, default=1,
+                         help="expert parallel size (Qwen3-MoE only; default 1)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,7 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     imp = sub.add_parser("import-hf", help="release layout -> Megatron checkpoint, written and "
-                         "reloaded at --tp/--pp")
+                         "reloaded at --tp/--pp/--ep")
     imp.add_argument("--hf", required=True, help="release directory (config.json + safetensors)")
     imp.add_argument("--out", required=True, help="new checkpoint directory")
     _layout_args(imp)
@@ -39,10 +40,11 @@ def _parser() -> argparse.ArgumentParser:
                      "files to add (auto_map is kept)")
     exp.add_argument("--max-shard-size", default="5GB", help="per safetensors file (default 5GB)")
 
-    ini = sub.add_parser("init-from", help="AIMv2 ViT + Qwen3 LLM -> SAIL-VL2 checkpoint with a "
-                         "fresh adapter")
+    ini = sub.add_parser("init-from", help="AIMv2 ViT + Qwen3 or Qwen3-MoE LLM -> SAIL-VL2 "
+                         "checkpoint with a fresh adapter")
     ini.add_argument("--vision", required=True, help="transformers Aimv2VisionModel directory")
-    ini.add_argument("--llm", required=True, help="transformers Qwen3ForCausalLM directory")
+    ini.add_argument("--llm", required=True,
+                     help="transformers Qwen3ForCausalLM or Qwen3MoeForCausalLM directory")
     ini.add_argument("--out", required=True, help="new checkpoint directory")
     _layout_args(ini)
     ini.add_argument("--dtype", choices=("bf16", "fp32"), help="default: the stored dtype")
@@ -68,16 +70,22 @@ def _yaml(value) -> str:
 
 
 def train_overrides(model) -> list[str]:
-    """``sail train`` overrides that give this architecture (``checkpoint.load`` checks it)."""
+    """``sail train`` overrides that give this architecture (``checkpoint.load`` checks it)
+    and the MoE settings the Hugging Face config carried."""
     from megatron_sail.config.presets import PRESETS
+    from megatron_sail.config.schema import MoEConfig
 
     if model.preset in PRESETS:
-        return [f"model.preset={model.preset}"]
-    out = ["model.preset=tiny"]
-    for part in ("vision", "adapter", "llm"):
-        ours = dataclasses.asdict(getattr(model, part))
-        tiny = dataclasses.asdict(getattr(PRESETS["tiny"], part))
-        out += [f"model.{part}.{k}={_yaml(v)}" for k, v in ours.items() if tiny.get(k) != v]
+        out = [f"model.preset={model.preset}"]
+    else:
+        base = "tiny-moe" if model.llm.is_moe else "tiny"
+        out = [f"model.preset={base}"]
+        for part in ("vision", "adapter", "llm"):
+            ours = dataclasses.asdict(getattr(model, part))
+            preset = dataclasses.asdict(getattr(PRESETS[base], part))
+            out += [f"model.{part}.{k}={_yaml(v)}" for k, v in ours.items() if preset.get(k) != v]
+    if model.llm.is_moe and model.moe.aux_loss_coeff != MoEConfig().aux_loss_coeff:
+        out.append(f"model.moe.aux_loss_coeff={model.moe.aux_loss_coeff}")
     return out
 
 
@@ -88,10 +96,11 @@ def _write(opened, ns, origin: dict) -> int:
         print(f"note: {note}")
     report = write_checkpoint(opened, ns.out, ns.tp, ns.pp, ns.ep, origin)
     phases = ", ".join(f"{k} {v:.1f} s" for k, v in report.phases.items())
-    print(f"wrote {report.out} ({report.config.train.precision}, TP {ns.tp} x PP {ns.pp}) in "
+    layout = f"TP {ns.tp} x PP {ns.pp}" + (f" x EP {ns.ep}" if ns.ep > 1 else "")
+    print(f"wrote {report.out} ({report.config.train.precision}, {layout}) in "
           f"{report.seconds:.1f} s ({phases}); reloaded at that layout: all {report.parameters} "
           f"parameter shards bit-exact; peak memory {report.peak_rss / GiB:.2f} GiB summed over "
-          f"{ns.tp * ns.pp} rank process(es)")
+          f"{report.processes} rank process(es)")
     print(f"fine-tune from it: sail train CONFIG.yaml checkpoint.load={report.out} "
           + " ".join(train_overrides(report.config.model)))
     return 0

@@ -9,6 +9,7 @@ any region of it. Only the model is read; optimizer state and RNG are skipped.
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -26,7 +27,9 @@ from megatron_sail.convert.errors import ConversionError, listing
 
 # = checkpointing.dist_ckpt.COMMON_KEY; that module imports Megatron, which export does not need
 COMMON_KEY = "sail"
-_NOT_MODEL = ("optimizer.", "rng_state")
+# Optimizer state: "optimizer.*", or "chained_N.optimizer.*" when Megatron chains optimizers
+# (an MoE model's expert and dense parameters have one each); RNG state.
+_NOT_MODEL = re.compile(r"(chained_\d+\.)?optimizer\.|rng_state")
 
 
 class _CachedReader(FileSystemReader):
@@ -98,7 +101,7 @@ class DistCheckpointReader:
         return common[COMMON_KEY]
 
     def model_keys(self) -> list[str]:
-        return [k for k in self.tensors if not k.startswith(_NOT_MODEL)]
+        return [k for k in self.tensors if not _NOT_MODEL.match(k)]
 
     def dtype(self, key: str) -> torch.dtype:
         return self.tensors[key].properties.dtype

@@ -1,5 +1,5 @@
-"""``sail convert export-hf``: a megatron_sail checkpoint (any TP/PP it was saved with, with
-or without optimizer state) -> the official SAIL-VL2 release layout.
+"""``sail convert export-hf``: a megatron_sail checkpoint (any TP/PP/EP it was saved with,
+with or without optimizer state) -> the official SAIL-VL2 release layout.
 
 Runs in one process without Megatron: tensors are read from the distributed checkpoint one
 layer at a time, converted by the mapping table and streamed into safetensors shards, so
@@ -23,7 +23,7 @@ from megatron_sail.config import SailConfig, config_from_dict
 from megatron_sail.convert import hf_config
 from megatron_sail.convert.dcp_reader import DistCheckpointReader
 from megatron_sail.convert.errors import ConversionError
-from megatron_sail.convert.kinds import Mapping
+from megatron_sail.convert.kinds import Index, Mapping
 from megatron_sail.convert.progress import Progress
 from megatron_sail.convert.outputs import staging_dir
 from megatron_sail.convert.safetensors_io import (
@@ -47,10 +47,13 @@ class ExportReport:
     seconds: float
 
 
-def read_batches(table: Table) -> list[list[tuple[Mapping, Optional[int]]]]:
+Batch = list[tuple[Mapping, Optional[int]]]
+
+
+def read_batches(table: Table) -> list[Batch]:
     """Conversion order: runs of per-layer mappings go layer by layer (one checkpoint read
-    per layer of a run), everything else one mapping at a time."""
-    batches: list[list[tuple[Mapping, Optional[int]]]] = []
+    per layer of a run, all experts of that layer at once), the rest one mapping at a time."""
+    batches: list[Batch] = []
     run: list[Mapping] = []
 
     def flush() -> None:
@@ -69,6 +72,17 @@ def read_batches(table: Table) -> list[list[tuple[Mapping, Optional[int]]]]:
             batches.append([(m, None)])
     flush()
     return batches
+
+
+def _per_index(m: Mapping, layer: Optional[int], tensor: Optional[torch.Tensor] = None
+               ) -> list[tuple[Index, Optional[torch.Tensor]]]:
+    """(index, value) of each tensor a read yields: one, or one per expert of the layer (a
+    layer's read holds all its experts, by global index)."""
+    if layer is None:
+        return [((), tensor)]
+    if m.experts:
+        return [((layer, e), None if tensor is None else tensor[e]) for e in range(m.experts)]
+    return [((layer,), tensor)]
 
 
 def open_checkpoint(path: str | Path) -> tuple[Path, DistCheckpointReader, SailConfig, dict]:
@@ -93,8 +107,6 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, reference: Optional[str
     start = time.perf_counter()
     ckpt_dir, reader, cfg, common = open_checkpoint(ckpt)
     model = cfg.model
-    if model.llm.is_moe:
-        raise ConversionError(f"{ckpt_dir}: Qwen3-MoE export is not supported yet")
     table = sailvl_release(model)
     reader.check(table.megatron_shapes())
     base = _reference_base(Path(reference), model) if reference else common.get("hf_config")
@@ -102,7 +114,8 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, reference: Optional[str
     batches = read_batches(table)
     shapes = table.export_shapes()
     plan = [PlannedTensor(name, reader.dtype(m.megatron), shapes[name])
-            for batch in batches for m, layer in batch for name in m.export_names(layer)]
+            for batch in batches for m, layer in batch for index, _ in _per_index(m, layer)
+            for name in m.export_names(index)]
     unknown = sorted({str(t.dtype) for t in plan if t.dtype not in DTYPE_NAMES})
     if unknown:
         raise ConversionError(f"{ckpt_dir}: tensors stored as {unknown} cannot be written")
@@ -117,10 +130,12 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, reference: Optional[str
             for batch in batches:
                 tensors = reader.read([(m.megatron, layer) for m, layer in batch])
                 for (m, layer), tensor in zip(batch, tensors):
-                    for name, value in zip(m.export_names(layer), m.to_hf(tensor)):
-                        writer.write(name, value)
-                        done, written = done + 1, written + value.numel() * value.element_size()
-                        bar.update(done, written)
+                    for index, part in _per_index(m, layer, tensor):
+                        for name, value in zip(m.export_names(index), m.to_hf(part)):
+                            writer.write(name, value)
+                            done += 1
+                            written += value.numel() * value.element_size()
+                            bar.update(done, written)
             writer.finish()
         finally:
             writer.abort()

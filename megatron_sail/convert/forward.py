@@ -65,11 +65,16 @@ def check_inputs(inputs: dict[str, torch.Tensor], cfg: SailConfig, img_context_i
 
 
 def forward_config(cfg: SailConfig, tp: int, pp: int, dtype: str, length: int) -> SailConfig:
-    cfg.parallel.tensor_model_parallel_size, cfg.parallel.pipeline_model_parallel_size = tp, pp
-    cfg.parallel.virtual_pipeline_model_parallel_size = None
-    cfg.parallel.first_stage_llm_layers = None
-    cfg.parallel.expert_model_parallel_size = 1
-    cfg.model.freeze, cfg.model.llm_recompute, cfg.model.vision_recompute = [], None, None
+    """The checkpoint's model at TP x PP on CPU: its sharded tensors are the same whatever
+    layout, layer implementation (TE, grouped-GEMM experts) or recomputation trained it."""
+    par, model = cfg.parallel, cfg.model
+    par.tensor_model_parallel_size, par.pipeline_model_parallel_size = tp, pp
+    par.virtual_pipeline_model_parallel_size = None
+    par.first_stage_llm_layers = None
+    par.expert_model_parallel_size, par.expert_tensor_parallel_size = 1, None
+    par.sequence_parallel = par.vision_tensor_parallel_size = None
+    model.transformer_impl, model.fp8, model.moe.grouped_gemm = "local", None, False
+    model.freeze, model.llm_recompute, model.vision_recompute = [], None, None
     cfg.train.precision = dtype
     cfg.data.seq_length = length + (-length) % tp
     try:

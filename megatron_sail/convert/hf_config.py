@@ -1,5 +1,5 @@
-"""``config.json`` of the SAIL-VL2 release, transformers' AIMv2 vision model and Qwen3 <->
-our model architecture. Everything unsupported is reported at once, by field name."""
+"""``config.json`` of the SAIL-VL2 release, transformers' AIMv2 vision model and Qwen3 /
+Qwen3-MoE <-> our model architecture. Everything unsupported is reported at once, by name."""
 
 from __future__ import annotations
 
@@ -56,14 +56,39 @@ def _rope_theta(cfg: dict, where: str, problems: list[str]) -> float:
     return float(theta)
 
 
+def _qwen3_moe(cfg: dict, where: str, problems: list[str]) -> dict:
+    """Qwen3-MoE's routed experts; every layer sparse, top-k probabilities renormalised (what
+    Megatron's top-k softmax computes), no shared expert."""
+    if cfg.get("norm_topk_prob") is not True:
+        problems.append(f"{where}norm_topk_prob={cfg.get('norm_topk_prob')!r} is not supported "
+                        f"(Megatron renormalises the top-k routing probabilities)")
+    if cfg.get("decoder_sparse_step", 1) != 1 or cfg.get("mlp_only_layers"):
+        problems.append(f"{where}decoder_sparse_step/mlp_only_layers: dense layers between MoE "
+                        f"layers are not supported")
+    if cfg.get("shared_expert_intermediate_size"):
+        problems.append(f"{where}shared experts are not supported")
+    # The release (transformers 4) writes num_experts; transformers 5 writes
+    # num_local_experts and leaves num_experts null.
+    experts = "num_experts" if cfg.get("num_experts") is not None else "num_local_experts"
+    return dict(num_experts=_get(cfg, experts, where, problems),
+                moe_router_topk=_get(cfg, "num_experts_per_tok", where, problems),
+                moe_ffn_hidden_size=_get(cfg, "moe_intermediate_size", where, problems))
+
+
+def moe_settings(model: ModelConfig, cfg: dict) -> ModelConfig:
+    """Training settings a Qwen3-MoE ``config.json`` carries besides the architecture."""
+    if model.llm.is_moe and cfg.get("router_aux_loss_coef") is not None:
+        model.moe.aux_loss_coeff = float(cfg["router_aux_loss_coef"])
+    return model
+
+
 def qwen3_llm(cfg: dict, tied: bool, where: str = "") -> tuple[LLMArch, list[str]]:
+    """Qwen3ForCausalLM or Qwen3MoeForCausalLM."""
     problems: list[str] = []
     kind = cfg.get("model_type")
-    if kind == "qwen3_moe":
-        problems.append(f"{where}model_type='qwen3_moe': Qwen3-MoE conversion is not supported "
-                        f"yet (this model has no MoE LLM to convert into)")
-    elif kind != "qwen3":
-        problems.append(f"{where}model_type={kind!r}: expected 'qwen3'")
+    moe = _qwen3_moe(cfg, where, problems) if kind == "qwen3_moe" else {}
+    if kind not in ("qwen3", "qwen3_moe"):
+        problems.append(f"{where}model_type={kind!r}: expected 'qwen3' or 'qwen3_moe'")
     _expect(cfg, "hidden_act", ("silu",), where, problems, "Qwen3 uses SwiGLU")
     _expect(cfg, "attention_bias", (False, None), where, problems, "no attention biases")
     if cfg.get("use_sliding_window"):
@@ -82,6 +107,7 @@ def qwen3_llm(cfg: dict, tied: bool, where: str = "") -> tuple[LLMArch, list[str
         norm_eps=float(_get(cfg, "rms_norm_eps", where, problems)),
         tie_word_embeddings=tied,
         max_position_embeddings=_get(cfg, "max_position_embeddings", where, problems),
+        **moe,
     )
     return arch, problems
 
@@ -145,8 +171,9 @@ def release_model(cfg: dict, has_lm_head: bool) -> ModelConfig:
                         f"{vision.image_size} (the learned position table is for the latter)")
     llm, llm_problems = qwen3_llm(lc, tied=not has_lm_head, where="llm_config.")
     raise_if(problems + llm_problems, "config.json: unsupported or inconsistent model")
-    return ModelConfig(preset=matching_preset(vision, AdapterArch(), llm), vision=vision,
-                       adapter=AdapterArch(), llm=llm)
+    model = ModelConfig(preset=matching_preset(vision, AdapterArch(), llm), vision=vision,
+                        adapter=AdapterArch(), llm=llm)
+    return moe_settings(model, lc)
 
 
 def matching_preset(vision: VisionArch, adapter: AdapterArch, llm: LLMArch) -> str:
@@ -207,8 +234,22 @@ def architecture_fields(model: ModelConfig, dtype: str) -> dict:
             "rms_norm_eps": llm.norm_eps, "max_position_embeddings": llm.max_position_embeddings,
             "tie_word_embeddings": llm.tie_word_embeddings, "hidden_act": "silu",
             "attention_bias": False, "use_sliding_window": False, "torch_dtype": dtype,
+            **_moe_fields(model),
         },
     }
+
+
+def _moe_fields(model: ModelConfig) -> dict:
+    """Qwen3-MoE's ``llm_config`` fields, named as the release's transformers 4 code reads them
+    (transformers 5 reads ``num_experts`` too)."""
+    llm = model.llm
+    if not llm.is_moe:
+        return {}
+    return {"architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe",
+            "num_experts": llm.num_experts, "num_experts_per_tok": llm.moe_router_topk,
+            "moe_intermediate_size": llm.moe_ffn_hidden_size or llm.ffn_hidden_size,
+            "norm_topk_prob": True, "decoder_sparse_step": 1, "mlp_only_layers": [],
+            "router_aux_loss_coef": model.moe.aux_loss_coeff}
 
 
 def release_config(model: ModelConfig, dtype: str, base: Optional[dict],
@@ -222,6 +263,8 @@ def release_config(model: ModelConfig, dtype: str, base: Optional[dict],
         if not isinstance(out.get(part), dict):
             out[part] = copy.deepcopy(_DEFAULT_RELEASE[part])
         out[part].update(fields[part])
+        if part == "llm_config" and model.llm.is_moe:
+            out[part].pop("num_local_experts", None)  # transformers 5's alias of num_experts
         if not keep_auto_map:
             out[part].pop("auto_map", None)
     if not keep_auto_map:

@@ -1,13 +1,16 @@
 """``sail convert import-hf`` and ``init-from``: validated Hugging Face weights -> a Megatron
 distributed checkpoint that ``sail train checkpoint.load=...`` starts from.
 
-The parent validates everything it can from headers and config files, then N = TP x PP rank
-processes build the model at that layout, fill and save it, reload it and compare every
-parameter bit for bit. The result is ``OUT/iter_0000000`` + ``latest_checkpointed_iteration.txt``.
+The parent validates everything it can from headers and config files, then one rank process
+per rank of the layout (TP x PP, and the data-parallel ranks EP > TP needs) fills the shards
+it saves, saves them, reloads them and compares each bit for bit. Replicas, which Megatron
+does not save, are never materialised. The result is ``OUT/iter_0000000`` +
+``latest_checkpointed_iteration.txt``.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +28,9 @@ class WriteReport:
     out: Path
     config: SailConfig
     seconds: float
+    processes: int
     peak_rss: int  # bytes, summed over the rank processes
-    parameters: int  # parameter tensors, summed over ranks
+    parameters: int  # parameter shards saved, summed over ranks
     phases: dict  # seconds of rank 0's fill / save / reload steps
 
 
@@ -37,8 +41,11 @@ def write_checkpoint(opened: Opened, out: str | Path, tp: int = 1, pp: int = 1, 
     par = cfg.parallel
     par.tensor_model_parallel_size, par.pipeline_model_parallel_size = tp, pp
     par.expert_model_parallel_size = ep
+    # Experts are split over the ranks of one pipeline stage (TP x DP), so EP > TP needs
+    # data-parallel replicas: the smallest such world is PP x lcm(TP, EP).
+    world = pp * math.lcm(tp, ep) if min(tp, pp, ep) >= 1 else tp * pp
     try:
-        layout = resolve_layout(cfg, tp * pp)
+        layout = resolve_layout(cfg, world)
     except ConfigError as exc:
         raise ConversionError(f"cannot write this model at --tp {tp} --pp {pp} --ep {ep}: "
                               f"{exc}") from None
@@ -50,7 +57,7 @@ def write_checkpoint(opened: Opened, out: str | Path, tp: int = 1, pp: int = 1, 
         results = run_ranks("write", spec, layout.world_size)
         bad = results[0]["reload_mismatches"]
         if bad:
-            raise ConversionError(listing(f"the checkpoint written at TP={tp} PP={pp} did not "
-                                          f"reload bit for bit", bad))
-    return WriteReport(Path(out), cfg, time.perf_counter() - start, peak_rss(results),
+            raise ConversionError(listing(f"the checkpoint written at TP={tp} PP={pp} EP={ep} "
+                                          f"did not reload bit for bit", bad))
+    return WriteReport(Path(out), cfg, time.perf_counter() - start, world, peak_rss(results),
                        sum(r["parameters"] for r in results), results[0]["seconds"])

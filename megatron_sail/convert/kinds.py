@@ -2,20 +2,23 @@
 from (and turned back into) Hugging Face tensors.
 
 Megatron keys are the sharded keys (``language_model.decoder.layers.mlp.linear_fc1.weight``),
-whose global tensor is the whole, unsharded value; tensor parallelism, pipeline stages and
-the stacking over layers are applied by Megatron's sharded state dict, never here. A
-per-layer mapping (``layers`` > 0) converts one layer at a time and its Hugging Face names
-hold a ``{layer}`` placeholder.
+whose global tensor is the whole, unsharded value; tensor, pipeline and expert parallelism
+and the stacking over layers (and experts) are applied by Megatron's sharded state dict,
+never here. A per-layer mapping (``layers`` > 0) converts one layer at a time, its Hugging
+Face names holding a ``{layer}`` placeholder; a per-expert one (``experts`` > 0) one expert
+of one layer, by global expert index ``{expert}``.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
 
 Shape = tuple[int, ...]
+Index = tuple[int, ...]  # position on the stacked axes: (), (layer,) or (layer, expert)
 
 # (index of the HF tensor or ZEROS, first HF row, number of rows)
 Piece = tuple[int, int, int]
@@ -37,18 +40,32 @@ class Mapping:
     megatron: str
     hf: tuple[str, ...]
     layers: int = 0  # > 0: stacked over this many layers, "{layer}" in the HF names
+    experts: int = 0  # > 0 (with layers): also over the global expert index, "{expert}"
 
-    def hf_names(self, layer: Optional[int] = None) -> tuple[str, ...]:
-        return tuple(n.format(layer=layer) for n in self.hf) if self.layers else self.hf
+    def __post_init__(self) -> None:
+        if self.experts and not self.layers:
+            raise ValueError(f"{self.megatron}: experts are stacked per layer; set layers too")
 
-    def export_names(self, layer: Optional[int] = None) -> tuple[str, ...]:
+    @property
+    def stacked(self) -> Shape:
+        """The leading axes of the stored tensor: (), (layers,) or (layers, experts)."""
+        return tuple(n for n in (self.layers, self.experts) if n)
+
+    def indices(self) -> list[Index]:
+        """Every (layer[, expert]) index of the stacked axes; [()] when not stacked."""
+        return list(itertools.product(*(range(n) for n in self.stacked)))
+
+    def hf_names(self, index: Index = ()) -> tuple[str, ...]:
+        if not self.stacked:
+            return self.hf
+        fields = dict(zip(("layer", "expert"), index))
+        return tuple(n.format(**fields) for n in self.hf)
+
+    def export_names(self, index: Index = ()) -> tuple[str, ...]:
         """Names written by export: the imported ones, plus aliases (see ``Tied``)."""
-        return self.hf_names(layer)
+        return self.hf_names(index)
 
-    def layer_indices(self) -> Sequence[Optional[int]]:
-        return range(self.layers) if self.layers else (None,)
-
-    def megatron_shape(self) -> Shape:  # of one layer
+    def megatron_shape(self) -> Shape:  # of one (layer[, expert]) index
         raise NotImplementedError
 
     def hf_shapes(self) -> tuple[Shape, ...]:
@@ -152,8 +169,8 @@ class Tied(Mapping):
     inner: Mapping
     alias: str
 
-    def export_names(self, layer=None):
-        return self.inner.export_names(layer) + (self.alias,)
+    def export_names(self, index=()):
+        return self.inner.export_names(index) + (self.alias,)
 
     def megatron_shape(self) -> Shape:
         return self.inner.megatron_shape()

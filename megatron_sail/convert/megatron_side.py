@@ -1,23 +1,29 @@
-"""What runs inside the Megatron rank processes: build this rank's model chunks without
-initialising them, fill them from a source through the sharded state dict, save, reload and
-compare; run a forward pass and gather the logits.
+"""What runs inside the Megatron rank processes: lay out this rank's part of the model, fill
+it from a source through the sharded state dict, save, reload and compare; run a forward pass
+and gather the logits.
 
-The chunks are built on the meta device, then each parameter gets uninitialised CPU storage:
-every value is overwritten anyway, and the random initialisation would cost about a minute per
-billion parameters on a CPU and twice the model's memory. Filling follows the same sharded
-state dict as ``models.init.initialize_weights``: each sharded tensor knows its global key,
-layer and offsets, so TP, PP, VPP and the replicated ViT all come out of Megatron itself.
+Writing builds the model on the meta device only, for its sharded state dict: each sharded
+tensor knows its global key, layer (and expert) and offsets, so TP, PP, VPP, EP and the
+replicated ViT all come out of Megatron itself. Each main replica then gets its own CPU
+buffer, filled straight from the source and saved (see ``standalone_shards``). The forward
+pass builds the chunks with uninitialised CPU parameters that the checkpoint overwrites (a
+random initialisation would cost about a minute per billion parameters on a CPU).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Optional
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Optional
 
 import torch
 from megatron.core import parallel_state
-from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
+from megatron.core.dist_checkpointing.mapping import (
+    ShardedTensor, ShardedTensorFactory, is_main_replica,
+)
 
 from megatron_sail.config.layout import Layout
 from megatron_sail.config.schema import SailConfig
@@ -29,10 +35,14 @@ if TYPE_CHECKING:
     from megatron_sail.convert.sources import Values
 
 
-def build_empty(cfg: SailConfig, layout: Layout) -> list:
+def build_meta(cfg: SailConfig, layout: Layout) -> list:
     img_id = cfg.model.img_context_token_id
     with torch.device("meta"):
-        chunks = build_model(cfg, layout, -1 if img_id is None else img_id).chunks
+        return build_model(cfg, layout, -1 if img_id is None else img_id).chunks
+
+
+def build_empty(cfg: SailConfig, layout: Layout) -> list:
+    chunks = build_meta(cfg, layout)
     made: dict[int, torch.nn.Parameter] = {}
     for chunk in chunks:
         for module in chunk.modules():
@@ -52,15 +62,24 @@ def build_empty(cfg: SailConfig, layout: Layout) -> list:
     return chunks
 
 
+def _flatten(item) -> Iterator[ShardedTensor]:
+    if isinstance(item, ShardedTensor):
+        yield item
+    elif isinstance(item, ShardedTensorFactory):
+        # views into the parameter (e.g. the [gate_i; up_i] halves, one expert of a group)
+        yield from _flatten(item.build())
+    elif isinstance(item, dict):
+        for value in item.values():
+            yield from _flatten(value)
+    elif isinstance(item, (list, tuple)):
+        for value in item:
+            yield from _flatten(value)
+
+
 def sharded_tensors(chunk) -> list[ShardedTensor]:
-    out = []
-    for item in chunk.sharded_state_dict().values():
-        if isinstance(item, ShardedTensorFactory):
-            built = item.build()  # views into the parameter (e.g. the [gate_i; up_i] halves)
-            out += list(built.values() if isinstance(built, dict) else built)
-        elif isinstance(item, ShardedTensor):
-            out.append(item)
-    return out
+    """Every sharded tensor of the chunk's state dict (objects such as ``_extra_state`` are
+    not weights)."""
+    return list(_flatten(chunk.sharded_state_dict()))
 
 
 def _row_slab(sh: ShardedTensor) -> Optional[int]:
@@ -74,56 +93,103 @@ def _row_slab(sh: ShardedTensor) -> Optional[int]:
     return None
 
 
+@dataclass
+class SaveView:
+    """A model chunk as ``checkpointing.dist_ckpt.save_checkpoint`` sees it: its sharded
+    state dict (so conversion saves through the same code path as training)."""
+
+    state: dict
+
+    def sharded_state_dict(self, metadata: Optional[dict] = None) -> dict:
+        return self.state
+
+
+def _standalone(state: dict, shards: list[ShardedTensor]) -> dict:
+    out = {}
+    for name, item in state.items():
+        if isinstance(item, dict):
+            out[name] = _standalone(item, shards)
+        elif isinstance(item, (ShardedTensor, ShardedTensorFactory)):
+            for i, sh in enumerate(_flatten(item)):
+                if sh.flattened_range is None and is_main_replica(sh.replica_id):
+                    sh = dataclasses.replace(sh, data=torch.empty(sh.data.shape, dtype=sh.dtype))
+                    shards.append(sh)
+                    out[f"{name}.{i}"] = sh
+        else:  # _extra_state objects and the like, saved as they are
+            out[name] = item
+    return out
+
+
+def standalone_shards(chunks) -> tuple[list[SaveView], list[ShardedTensor]]:
+    """What this rank saves, from its meta-device chunks: every main replica with a CPU buffer
+    of its own, the other replicas left out (Megatron writes main replicas only).
+
+    Buffers instead of parameters keep memory at one copy of the checkpoint summed over the
+    ranks at any layout: data-parallel replicas (EP > TP) and a ViT replicated over TP are
+    never materialised, and Megatron's writer, which clones every tensor that is a view (the
+    [gate; up] halves of each gated fc1 - two thirds of an MoE model's experts), finds none.
+    """
+    from megatron_sail.checkpointing.dist_ckpt import model_sharded_state_dict
+
+    shards: list[ShardedTensor] = []
+    views = [SaveView(_standalone(model_sharded_state_dict([c])["model"], shards))
+             for c in chunks]
+    return views, shards
+
+
 @torch.no_grad()
-def fill(chunks, values: "Values", show_progress: bool) -> None:
-    """Give every sharded tensor of this rank its values: read straight into the parameter
-    where its rows are whole rows of the HF tensors, otherwise cut from the full value."""
-    work = [sh for chunk in chunks for sh in sharded_tensors(chunk) if sh.flattened_range is None]
-    unmapped = sorted({sh.key for sh in work if sh.key not in values.keys()})
+def fill(shards: list[ShardedTensor], values: "Values", show_progress: bool) -> None:
+    """Give every shard its values: read straight into its buffer where its rows are whole
+    rows of the HF tensors, otherwise cut from the full value."""
+    unmapped = sorted({sh.key for sh in shards if sh.key not in values.keys()})
     if unmapped:
         raise ConversionError(listing("model tensors that no mapping table covers", unmapped))
-    progress = Progress("fill", len(work), show_progress)
+    progress = Progress("fill", len(shards), show_progress)
     nbytes = 0
-    for i, sh in enumerate(work):
-        lead = sh.prepend_axis_num  # 1 for tensors stacked over layers
-        layer = sh.global_offset[0] if lead else None
+    for i, sh in enumerate(shards):
+        lead = sh.prepend_axis_num  # stacked axes: layer, and the global expert index
+        index = tuple(sh.global_offset[:lead])
         start = _row_slab(sh)
-        if start is None or not values.read_rows_into(sh.key, layer, start, sh.data):
-            full = values.value(sh.key, layer)
+        if start is None or not values.read_rows_into(sh.key, index, start, sh.data):
+            full = values.value(sh.key, index)
             if tuple(full.shape) != tuple(sh.global_shape[lead:]):
                 raise ConversionError(f"{sh.key}: mapped value is {list(full.shape)}, the model "
                                       f"expects {list(sh.global_shape[lead:])}")
             local = sh.local_shape[len(sh.local_shape) - (len(sh.global_shape) - lead):]
-            index = tuple(slice(o, o + n) for o, n in zip(sh.global_offset[lead:], local))
-            sh.data.copy_(full[index].reshape(sh.data.shape))
+            region = tuple(slice(o, o + n) for o, n in zip(sh.global_offset[lead:], local))
+            sh.data.copy_(full[region].reshape(sh.data.shape))
         nbytes += sh.data.numel() * sh.data.element_size()
         progress.update(i + 1, nbytes)
 
 
-def _parameters(chunks):
-    seen = set()
-    for i, chunk in enumerate(chunks):
-        for name, param in chunk.named_parameters():
-            if id(param) not in seen:
-                seen.add(id(param))
-                yield f"chunk{i}.{name}", param
+def shard_name(sh: ShardedTensor) -> str:
+    return f"{sh.key}{list(sh.global_offset)}"
 
 
-def fingerprints(chunks) -> dict[str, str]:
-    """A hash of every local parameter's bytes (hashlib releases the GIL: one thread a core)."""
-    def digest(p: torch.Tensor) -> str:
-        return hashlib.sha1(p.detach().reshape(-1).view(torch.uint8).numpy()).hexdigest()
+def fingerprints(tensors: list[torch.Tensor]) -> list[str]:
+    """A hash of each tensor's bytes (hashlib releases the GIL: one thread a core)."""
+    def digest(t: torch.Tensor) -> str:
+        return hashlib.sha1(t.detach().reshape(-1).view(torch.uint8).numpy()).hexdigest()
 
-    params = dict(_parameters(chunks))
     with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
-        return dict(zip(params, pool.map(digest, params.values())))
+        return list(pool.map(digest, tensors))
 
 
 @torch.no_grad()
-def poison(chunks) -> None:
-    """NaN everywhere, so a tensor that a reload misses cannot pass the comparison."""
-    for _, p in _parameters(chunks):
-        p.fill_(float("nan"))
+def poison(shards: list[ShardedTensor]) -> None:
+    """NaN everywhere, so a shard that a reload misses cannot pass the comparison."""
+    for sh in shards:
+        sh.data.fill_(float("nan"))
+
+
+def reload(shards: list[ShardedTensor], ckpt_dir: Path) -> list[torch.Tensor]:
+    """Collective: the shards' values as stored in ``ckpt_dir`` (read into their buffers).
+    Megatron checks that every stored region is read exactly once, as a main replica."""
+    from megatron.core import dist_checkpointing
+
+    state = {"model": {str(i): sh for i, sh in enumerate(shards)}}
+    loaded = dist_checkpointing.load(state, str(ckpt_dir))["model"]
+    return [loaded[str(i)] for i in range(len(shards))]
 
 
 def mismatches_everywhere(local: list[str]) -> list[str]:

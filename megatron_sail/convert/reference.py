@@ -1,6 +1,6 @@
 """The Hugging Face-side reference for ``verify``: transformers' ``Aimv2VisionModel`` and
-``Qwen3ForCausalLM`` plus pixel shuffle (v2) and the ``mlp1`` adapter, loaded straight from
-the release layout in fp32.
+``Qwen3ForCausalLM`` / ``Qwen3MoeForCausalLM`` plus pixel shuffle (v2) and the ``mlp1``
+adapter, loaded straight from the release layout in fp32.
 
 Its name mapping is written here independently of the mapping tables (the release's fused
 ``qkv`` is three equal row blocks q, k, v; ``fc1``/``fc3``/``fc2`` are gate/up/down), so
@@ -9,6 +9,7 @@ Its name mapping is written here independently of the mapping tables (the releas
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -56,6 +57,27 @@ def _vision_tensors(w: SafetensorsDir, layers: int) -> Iterator[tuple[str, torch
             yield f"{dst}{ours}.weight", w.read(f"{src}{theirs}.weight")
 
 
+_EXPERT = re.compile(r"model\.layers\.\d+\.mlp\.experts\.\d+\.(gate|up|down)_proj\.weight")
+
+
+def _llm_tensors(w: SafetensorsDir, llm) -> Iterator[tuple[str, torch.Tensor]]:
+    """``language_model.*`` without the prefix; a Qwen3-MoE checkpoint's per-expert tensors
+    (the Hub layout) go into transformers' fused per-layer ``gate_up_proj`` ([gate; up] of
+    each expert) and ``down_proj``."""
+    lm = "language_model."
+    for name in w.names:
+        if name.startswith(lm) and not _EXPERT.fullmatch(name[len(lm):]):
+            yield name[len(lm):], w.read(name)
+    for i in range(llm.num_layers if llm.is_moe else 0):
+        expert = f"{lm}model.layers.{i}.mlp.experts.{{}}.{{}}_proj.weight"
+        experts = range(llm.num_experts)
+        yield (f"model.layers.{i}.mlp.experts.gate_up_proj",
+               torch.stack([torch.cat([w.read(expert.format(e, "gate")),
+                                       w.read(expert.format(e, "up"))]) for e in experts]))
+        yield (f"model.layers.{i}.mlp.experts.down_proj",
+               torch.stack([w.read(expert.format(e, "down")) for e in experts]))
+
+
 def _load(module: torch.nn.Module, tensors: Iterable[tuple[str, torch.Tensor]], what: str) -> None:
     """Copy tensors into the module one at a time (never a second copy of the model)."""
     params = dict(module.named_parameters())  # a tied lm_head appears once, as embed_tokens
@@ -89,7 +111,7 @@ class ReleaseReference:
             num_channels=3, image_size=vit.image_size, patch_size=vit.patch_size,
             rms_norm_eps=vit.norm_eps, qkv_bias=False, mlp_bias=False, use_head=False,
             is_native=False)
-        llm_config = transformers.Qwen3Config(
+        common = dict(
             vocab_size=llm.vocab_size, hidden_size=llm.hidden_size,
             intermediate_size=llm.ffn_hidden_size, num_hidden_layers=llm.num_layers,
             num_attention_heads=llm.num_attention_heads, num_key_value_heads=llm.num_query_groups,
@@ -98,12 +120,22 @@ class ReleaseReference:
             tie_word_embeddings=tied,
             rope_parameters={"rope_type": "default", "rope_theta": llm.rope_theta},
             attention_bias=False, use_sliding_window=False, attention_dropout=0.0, use_cache=False)
+        if llm.is_moe:
+            llm_config = transformers.Qwen3MoeConfig(
+                **common, num_experts=llm.num_experts, num_experts_per_tok=llm.moe_router_topk,
+                moe_intermediate_size=llm.moe_ffn_hidden_size or llm.ffn_hidden_size,
+                norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[],
+                output_router_logits=False)
+        else:
+            llm_config = transformers.Qwen3Config(**common)
         for c in (vision_config, llm_config):
             c._attn_implementation = "eager"
         merged = 4 * vit.hidden_size
         with no_init_weights():
             self.vision = transformers.Aimv2VisionModel(vision_config).float().eval()
-            self.llm = transformers.Qwen3ForCausalLM(llm_config).float().eval()
+            causal_lm = (transformers.Qwen3MoeForCausalLM if llm.is_moe
+                         else transformers.Qwen3ForCausalLM)
+            self.llm = causal_lm(llm_config).float().eval()
             self.mlp1 = torch.nn.Sequential(
                 torch.nn.LayerNorm(merged, eps=self.model.adapter.norm_eps),
                 torch.nn.Linear(merged, llm.hidden_size), torch.nn.GELU(),
@@ -115,9 +147,7 @@ class ReleaseReference:
         _load(self.vision, _vision_tensors(weights, vit.num_layers), "vision model")
         mlp1 = ("0.weight", "0.bias", "1.weight", "1.bias", "3.weight", "3.bias")
         _load(self.mlp1, ((k, weights.read("mlp1." + k)) for k in mlp1), "mlp1")
-        lm = "language_model."
-        _load(self.llm, ((n[len(lm):], weights.read(n)) for n in weights.names if n.startswith(lm)),
-              "language model")
+        _load(self.llm, _llm_tensors(weights, llm), "language model")
         weights.close()
 
     @torch.no_grad()

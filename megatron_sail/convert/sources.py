@@ -3,11 +3,12 @@ values they give Megatron's sharded keys.
 
 ``open_release`` / ``open_init_from`` check names, shapes and dtypes against the mapping
 tables (one error listing every problem) and return the resolved model config. Rank
-processes re-open the same source from its ``spec`` and call ``Values.value(key, layer)``.
+processes re-open the same source from its ``spec`` and call ``Values.value(key, index)``.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -17,15 +18,16 @@ import torch
 from megatron_sail.config.schema import ModelConfig
 from megatron_sail.convert import hf_config
 from megatron_sail.convert.errors import ConversionError, listing, raise_if
-from megatron_sail.convert.kinds import ZEROS, Shape
+from megatron_sail.convert.kinds import ZEROS, Index, Shape
 from megatron_sail.convert.safetensors_io import DTYPES, SafetensorsDir
 from megatron_sail.convert.tables import (
-    Table, qwen3_dense, sail_vit, sailvl_release, vision_adapter,
+    Table, qwen3, sail_vit, sailvl_release, vision_adapter,
 )
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 _STORED = {"F32": "fp32", "BF16": "bf16"}
 _CASTABLE = ("F32", "BF16", "F16")
+_FUSED_EXPERTS = re.compile(r"mlp\.experts\.(gate_up_proj|down_proj)$")
 
 
 def check_weights(weights: SafetensorsDir, expected: dict[str, Shape],
@@ -47,6 +49,11 @@ def check_weights(weights: SafetensorsDir, expected: dict[str, Shape],
         parts.append(listing("shape mismatches", shapes))
     if dtypes:
         parts.append(listing(f"unsupported dtypes (supported: {', '.join(_CASTABLE)})", dtypes))
+    fused = [n for n in unexpected if _FUSED_EXPERTS.search(n)]
+    if fused:
+        parts.append(f"{fused[0]} holds all experts of a layer at once (transformers' in-memory "
+                     f"layout); expected one tensor per expert, as transformers' save_pretrained "
+                     f"and the Hub write them (...mlp.experts.E.gate_proj.weight, ...)")
     if parts:
         raise ConversionError(f"{weights.directory}: the weights do not match config.json\n"
                               + "\n".join(parts))
@@ -106,12 +113,13 @@ def _table(model: ModelConfig, build) -> Table:
 def _init_tables(model: ModelConfig) -> tuple[Table, Table, Table]:
     return (sail_vit(model.vision, "aimv2", ""),
             vision_adapter(model.vision.hidden_size, model.llm.hidden_size, ""),
-            qwen3_dense(model.llm, ""))
+            qwen3(model.llm, ""))
 
 
 def open_init_from(vision_dir: str | Path, llm_dir: str | Path, dtype: Optional[str] = None,
                    seed: int = 1234, std: float = 0.02) -> Opened:
-    """An AIMv2 vision model (transformers layout) + a Qwen3 LLM + a fresh adapter."""
+    """An AIMv2 vision model + a Qwen3 or Qwen3-MoE LLM (transformers layouts) + a fresh
+    adapter."""
     vision_dir, llm_dir = Path(vision_dir), Path(llm_dir)
     vcfg = hf_config.read_json(vision_dir / "config.json")
     lcfg = hf_config.read_json(llm_dir / "config.json")
@@ -119,7 +127,7 @@ def open_init_from(vision_dir: str | Path, llm_dir: str | Path, dtype: Optional[
     tied = bool(lcfg.get("tie_word_embeddings", False))
     llm, lp = hf_config.qwen3_llm(lcfg, tied, f"{llm_dir / 'config.json'}: ")
     raise_if(vp + lp, "unsupported base models")
-    model = ModelConfig(vision=vision, llm=llm, init_std=std)
+    model = hf_config.moe_settings(ModelConfig(vision=vision, llm=llm, init_std=std), lcfg)
     model.preset = hf_config.matching_preset(model.vision, model.adapter, model.llm)
     model.img_context_token_id = hf_config.img_context_id(llm_dir, llm.vocab_size)
     vit_table, _, llm_table = _init_tables(model)
@@ -141,7 +149,7 @@ def open_init_from(vision_dir: str | Path, llm_dir: str | Path, dtype: Optional[
 
 
 class Values:
-    """Full (unsharded) Megatron value of a sharded key, for one layer at a time."""
+    """Full (unsharded) Megatron value of a sharded key at one (layer[, expert]) index."""
 
     def __init__(self, parts: list[tuple[Table, Optional[SafetensorsDir]]], dtype: torch.dtype,
                  init: Optional[dict] = None, num_layers: Optional[dict] = None):
@@ -153,8 +161,8 @@ class Values:
     def keys(self) -> set[str]:
         return set(self.where)
 
-    def value(self, key: str, layer: Optional[int]) -> torch.Tensor:
-        if self._last[:2] == (key, layer):  # gated fc1: one value, two TP pieces
+    def value(self, key: str, index: Index) -> torch.Tensor:
+        if self._last[:2] == (key, index):  # gated fc1: one value, two TP pieces
             return self._last[2]
         mapping, weights = self.where[key]
         if weights is None:  # a freshly initialised part (init-from's adapter)
@@ -163,30 +171,29 @@ class Values:
             value = initial_value(key, mapping.megatron_shape(), self.init["seed"], (),
                                   self.init["std"], self.num_layers)
         else:
-            value = mapping.to_megatron([weights.read(n) for n in mapping.hf_names(layer)])
+            value = mapping.to_megatron([weights.read(n) for n in mapping.hf_names(index)])
         value = value.to(self.dtype)
-        self._last = (key, layer, value)
+        self._last = (key, index, value)
         return value
 
-    def read_rows_into(self, key: str, layer: Optional[int], start: int,
-                       dest: torch.Tensor) -> bool:
+    def read_rows_into(self, key: str, index: Index, start: int, dest: torch.Tensor) -> bool:
         """Rows [start, start + len(dest)) of the value straight from the files into
         ``dest`` when the mapping allows it (whole HF rows, no cast); False otherwise."""
         mapping, weights = self.where[key]
         if weights is None or not dest.is_contiguous():
             return False
         pieces = mapping.pieces(start, start + dest.shape[0])
-        names = mapping.hf_names(layer)
+        names = mapping.hf_names(index)
         if pieces is None or any(DTYPES[weights.tensors[n].dtype] != dest.dtype for n in names):
             return False
         rows = dest.reshape(dest.shape[0], -1)
         row_bytes = rows.shape[1] * dest.element_size()
         at = 0
-        for index, hf_row, n in pieces:
-            if index == ZEROS:
+        for which, hf_row, n in pieces:
+            if which == ZEROS:
                 rows[at:at + n].zero_()
             else:
-                weights.read_into(names[index], hf_row * row_bytes, rows[at:at + n])
+                weights.read_into(names[which], hf_row * row_bytes, rows[at:at + n])
             at += n
         return True
 

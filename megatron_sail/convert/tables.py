@@ -1,8 +1,9 @@
 """One declarative mapping table per model family, built from the kinds in ``kinds``.
 
 Each entry pairs a key of Megatron's layout-independent sharded state dict with Hugging Face
-names (``{layer}`` = layer index). The same table drives import (HF -> Megatron), export
-(Megatron -> HF) and input validation (expected names and shapes).
+names (``{layer}`` = layer index, ``{expert}`` = global expert index). The same table drives
+import (HF -> Megatron), export (Megatron -> HF) and input validation (expected names and
+shapes); ``--tp/--pp/--ep`` only choose the layout Megatron writes it at.
 """
 
 from __future__ import annotations
@@ -28,20 +29,19 @@ class Table:
         return {m.megatron: m for m in self.mappings}
 
     def megatron_shapes(self) -> dict[str, Shape]:
-        """Global shapes as stored: per-layer tensors stacked as [layers, ...]."""
-        return {m.megatron: ((m.layers,) if m.layers else ()) + m.megatron_shape()
-                for m in self.mappings}
+        """Global shapes as stored: stacked as [layers, (experts,) ...]."""
+        return {m.megatron: m.stacked + m.megatron_shape() for m in self.mappings}
 
     def import_shapes(self) -> dict[str, Shape]:
-        return {name: shape for m in self.mappings for layer in m.layer_indices()
-                for name, shape in zip(m.hf_names(layer), m.hf_shapes())}
+        return {name: shape for m in self.mappings for index in m.indices()
+                for name, shape in zip(m.hf_names(index), m.hf_shapes())}
 
     def export_shapes(self) -> dict[str, Shape]:
         out = {}
         for m in self.mappings:
             shapes = m.hf_shapes()
-            for layer in m.layer_indices():
-                names = m.export_names(layer)
+            for index in m.indices():
+                names = m.export_names(index)
                 out.update(zip(names, shapes + (shapes[0],) * (len(names) - len(shapes))))
         return out
 
@@ -132,19 +132,18 @@ def vision_adapter(vision_hidden: int, llm_hidden: int, prefix: str = "mlp1.") -
     ))
 
 
-# ------------------------------------------------------------------------------ Qwen3 dense
+# ------------------------------------------------------------------------------ Qwen3
 
-def qwen3_dense(arch: LLMArch, prefix: str = "language_model.") -> Table:
-    """Qwen3ForCausalLM: GQA with per-head q/k RMSNorm, SwiGLU, vocabulary padded for
-    Megatron; tied models have no output layer and export ``lm_head`` as a copy."""
-    if arch.is_moe:
-        raise ValueError("qwen3_dense() is for dense LLMs")
+_LLM = "language_model.decoder.layers."
+
+
+def _qwen3(arch: LLMArch, prefix: str, mlp: list[Mapping]) -> Table:
+    """Embeddings, attention, norms and head shared by Qwen3 and Qwen3-MoE; ``mlp`` in between."""
     h, layers = arch.hidden_size, arch.num_layers
     d, heads, groups = arch.head_dim, arch.num_attention_heads, arch.num_query_groups
     padded = padded_vocab_size(arch.vocab_size)
     m = prefix + "model."
     blk = m + "layers.{layer}."
-    stacked = "language_model.decoder.layers."
 
     def vocab(key: str, name: str) -> PaddedVocab:
         return PaddedVocab(megatron=key, hf=(name,), rows=arch.vocab_size, padded_rows=padded,
@@ -154,24 +153,20 @@ def qwen3_dense(arch: LLMArch, prefix: str = "language_model.") -> Table:
     mappings: list[Mapping] = [
         Tied(megatron=embed.megatron, hf=embed.hf, inner=embed, alias=prefix + "lm_head.weight")
         if arch.tie_word_embeddings else embed,
-        Direct(megatron=stacked + "self_attention.linear_qkv.layer_norm_weight",
+        Direct(megatron=_LLM + "self_attention.linear_qkv.layer_norm_weight",
                hf=(blk + "input_layernorm.weight",), layers=layers, shape=(h,)),
-        QKV(megatron=stacked + "self_attention.linear_qkv.weight",
+        QKV(megatron=_LLM + "self_attention.linear_qkv.weight",
             hf=tuple(blk + f"self_attn.{x}_proj.weight" for x in "qkv"), layers=layers,
             heads=heads, groups=groups, head_dim=d, trailing=(h,)),
-        Direct(megatron=stacked + "self_attention.q_layernorm.weight",
+        Direct(megatron=_LLM + "self_attention.q_layernorm.weight",
                hf=(blk + "self_attn.q_norm.weight",), layers=layers, shape=(d,)),
-        Direct(megatron=stacked + "self_attention.k_layernorm.weight",
+        Direct(megatron=_LLM + "self_attention.k_layernorm.weight",
                hf=(blk + "self_attn.k_norm.weight",), layers=layers, shape=(d,)),
-        Direct(megatron=stacked + "self_attention.linear_proj.weight",
+        Direct(megatron=_LLM + "self_attention.linear_proj.weight",
                hf=(blk + "self_attn.o_proj.weight",), layers=layers, shape=(h, heads * d)),
-        Direct(megatron=stacked + "mlp.linear_fc1.layer_norm_weight",
+        Direct(megatron=_LLM + "mlp.linear_fc1.layer_norm_weight",
                hf=(blk + "post_attention_layernorm.weight",), layers=layers, shape=(h,)),
-        GatedMLP(megatron=stacked + "mlp.linear_fc1.weight",
-                 hf=(blk + "mlp.gate_proj.weight", blk + "mlp.up_proj.weight"), layers=layers,
-                 ffn=arch.ffn_hidden_size, trailing=(h,)),
-        Direct(megatron=stacked + "mlp.linear_fc2.weight", hf=(blk + "mlp.down_proj.weight",),
-               layers=layers, shape=(h, arch.ffn_hidden_size)),
+        *mlp,
         Direct(megatron="language_model.decoder.final_layernorm.weight", hf=(m + "norm.weight",),
                shape=(h,)),
     ]
@@ -180,10 +175,50 @@ def qwen3_dense(arch: LLMArch, prefix: str = "language_model.") -> Table:
     return Table(tuple(mappings))
 
 
+def qwen3_dense(arch: LLMArch, prefix: str = "language_model.") -> Table:
+    """Qwen3ForCausalLM: GQA with per-head q/k RMSNorm, SwiGLU, vocabulary padded for
+    Megatron; tied models have no output layer and export ``lm_head`` as a copy."""
+    if arch.is_moe:
+        raise ValueError("qwen3_dense() is for dense LLMs")
+    blk, h, f = prefix + "model.layers.{layer}.", arch.hidden_size, arch.ffn_hidden_size
+    return _qwen3(arch, prefix, [
+        GatedMLP(megatron=_LLM + "mlp.linear_fc1.weight",
+                 hf=(blk + "mlp.gate_proj.weight", blk + "mlp.up_proj.weight"),
+                 layers=arch.num_layers, ffn=f, trailing=(h,)),
+        Direct(megatron=_LLM + "mlp.linear_fc2.weight", hf=(blk + "mlp.down_proj.weight",),
+               layers=arch.num_layers, shape=(h, f)),
+    ])
+
+
+def qwen3_moe(arch: LLMArch, prefix: str = "language_model.") -> Table:
+    """Qwen3MoeForCausalLM (the Hub's per-expert names): router ``gate`` and, by global expert
+    index, each expert's gate/up/down (Megatron's sequential and grouped-GEMM experts share
+    this sharded layout)."""
+    if not arch.is_moe:
+        raise ValueError("qwen3_moe() is for MoE LLMs")
+    blk, h = prefix + "model.layers.{layer}.", arch.hidden_size
+    f = arch.moe_ffn_hidden_size or arch.ffn_hidden_size
+    layers, experts = arch.num_layers, arch.num_experts
+    expert = blk + "mlp.experts.{expert}."
+    return _qwen3(arch, prefix, [
+        Direct(megatron=_LLM + "mlp.router.weight", hf=(blk + "mlp.gate.weight",), layers=layers,
+               shape=(experts, h)),
+        GatedMLP(megatron=_LLM + "mlp.experts.experts.linear_fc1.weight",
+                 hf=(expert + "gate_proj.weight", expert + "up_proj.weight"), layers=layers,
+                 experts=experts, ffn=f, trailing=(h,)),
+        Direct(megatron=_LLM + "mlp.experts.experts.linear_fc2.weight",
+               hf=(expert + "down_proj.weight",), layers=layers, experts=experts, shape=(h, f)),
+    ])
+
+
+def qwen3(arch: LLMArch, prefix: str = "language_model.") -> Table:
+    return qwen3_moe(arch, prefix) if arch.is_moe else qwen3_dense(arch, prefix)
+
+
 # ------------------------------------------------------------------------------ compositions
 
 def sailvl_release(model: ModelConfig) -> Table:
     """The official SAIL-VL2 release: ``vision_model.*``, ``mlp1.*``, ``language_model.*``."""
     return (sail_vit(model.vision, "release", "vision_model.")
             + vision_adapter(model.vision.hidden_size, model.llm.hidden_size, "mlp1.")
-            + qwen3_dense(model.llm, "language_model."))
+            + qwen3(model.llm, "language_model."))

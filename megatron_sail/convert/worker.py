@@ -22,17 +22,17 @@ def _write_job(spec: dict, cfg, layout) -> dict:
 
     import torch
 
-    from megatron_sail.checkpointing.dist_ckpt import load_checkpoint, save_checkpoint
+    from megatron_sail.checkpointing.dist_ckpt import save_checkpoint
     from megatron_sail.checkpointing.layout_files import iteration_dir
     from megatron_sail.config import config_to_dict
     from megatron_sail.convert import megatron_side as ms
     from megatron_sail.convert.sources import PRECISIONS, Values
 
     clock = [time.perf_counter()]
-    chunks = ms.build_empty(cfg, layout)
+    views, shards = ms.standalone_shards(ms.build_meta(cfg, layout))
     values = Values.from_spec(spec["source"], cfg.model, PRECISIONS[cfg.train.precision])
-    ms.fill(chunks, values, show_progress=torch.distributed.get_rank() == 0 and spec["progress"])
-    before = ms.fingerprints(chunks)
+    ms.fill(shards, values, show_progress=torch.distributed.get_rank() == 0 and spec["progress"])
+    before = ms.fingerprints([sh.data for sh in shards])
     clock.append(time.perf_counter())
     common = {"config": config_to_dict(cfg), "converted_from": spec["origin"]}
     if spec.get("hf_config") is not None:
@@ -41,16 +41,16 @@ def _write_job(spec: dict, cfg, layout) -> dict:
               "layout": dataclasses.asdict(layout), "format": "megatron-dist-ckpt/torch_dist",
               "converted_from": spec["origin"]}
     root = Path(spec["root"])
-    save_checkpoint(root, 0, chunks, None, common, marker)
+    save_checkpoint(root, 0, views, None, common, marker)
     clock.append(time.perf_counter())
-    # Reload-verify at the same layout: every parameter must come back bit for bit.
-    ms.poison(chunks)
-    load_checkpoint(iteration_dir(root, 0), chunks, optimizer=None, restore_rng=False)
-    after = ms.fingerprints(chunks)
-    bad = ms.mismatches_everywhere([n for n in before if before[n] != after[n]])
+    # Reload-verify at the same layout: every shard this rank wrote must come back bit for bit.
+    ms.poison(shards)
+    after = ms.fingerprints(ms.reload(shards, iteration_dir(root, 0)))
+    bad = ms.mismatches_everywhere([ms.shard_name(sh) for sh, a, b in zip(shards, before, after)
+                                    if a != b])
     clock.append(time.perf_counter())
     seconds = [b - a for a, b in zip(clock, clock[1:])]
-    return {"reload_mismatches": bad, "parameters": len(before),
+    return {"reload_mismatches": bad, "parameters": len(shards),
             "seconds": dict(zip(("fill", "save", "reload"), seconds))}
 
 

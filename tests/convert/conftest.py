@@ -19,11 +19,11 @@ def convert_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def release(convert_root):
-    """``release(name)`` -> directory of a tiny release: fp32 (with lm_head), bf16, or tied
-    (fp32 without lm_head)."""
+    """``release(name)`` -> directory of a tiny release: fp32 (with lm_head), bf16, tied
+    (fp32 without lm_head), or moe (fp32, Qwen3-MoE LLM)."""
     made: dict[str, Path] = {}
     kinds = {"fp32": dict(dtype=torch.float32), "bf16": dict(dtype=torch.bfloat16, seed=10),
-             "tied": dict(lm_head=False, seed=20)}
+             "tied": dict(lm_head=False, seed=20), "moe": dict(moe=True, seed=30)}
 
     def get(name: str) -> Path:
         if name not in made:
@@ -37,9 +37,9 @@ def release(convert_root):
 @pytest.fixture(scope="session")
 def imported(release, convert_root):
     """``imported(name)`` -> a checkpoint imported by the CLI: fp32 at TP=1, bf16 at TP=2,
-    tied at PP=2."""
+    tied at PP=2, moe at EP=2."""
     made: dict[str, Path] = {}
-    layouts = {"fp32": [], "bf16": ["--tp", "2"], "tied": ["--pp", "2"]}
+    layouts = {"fp32": [], "bf16": ["--tp", "2"], "tied": ["--pp", "2"], "moe": ["--ep", "2"]}
 
     def get(name: str) -> Path:
         if name not in made:

@@ -6,6 +6,7 @@ their defaults (norm weights around 1 +- 0.2, non-zero biases), and a vocabulary
 The release layout is derived from transformers' Aimv2VisionModel names by the renaming the
 release's code implies (fused qkv = [q; k; v], fc1/fc3/fc2 = gate/up/down), written here
 independently of the converter's tables, with the real release's config.json as template.
+Qwen3-MoE weights carry the names transformers' own save_pretrained writes (per expert).
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from __future__ import annotations
 import copy
 import json
 import math
+import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 # The real SAIL-VL2-2B release's config, index and tokenizer files, next to the repository.
 RELEASE = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "sailvl2-2b-release"
@@ -66,6 +68,36 @@ def qwen3_state(seed: int = 2, tied: bool = False) -> dict[str, torch.Tensor]:
     return state
 
 
+MOE = dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=48, norm_topk_prob=True,
+           decoder_sparse_step=1, mlp_only_layers=[], router_aux_loss_coef=0.01)
+
+
+def save_qwen3_moe(directory: Path, seed: int) -> dict[str, torch.Tensor]:
+    """transformers' save_pretrained of a tiny Qwen3MoeForCausalLM, its weights then replaced
+    by random ones under the names transformers wrote. (transformers 5 fuses the experts in
+    memory, ``experts.gate_up_proj`` [E, 2F, H]; save_pretrained writes the Hub's per-expert
+    ``experts.E.{gate,up,down}_proj.weight``, the layout the converter reads.)"""
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+    from transformers.utils import logging
+
+    cfg = Qwen3MoeConfig(**{k: v for k, v in LLM.items() if k != "rope_theta"}, **MOE,
+                         rope_parameters={"rope_type": "default", "rope_theta": LLM["rope_theta"]})
+    logging.disable_progress_bar()  # its bar would land in the CLI's captured stderr
+    try:
+        Qwen3MoeForCausalLM(cfg).save_pretrained(directory)
+    finally:
+        logging.enable_progress_bar()
+    file = directory / "model.safetensors"
+    state = randomize(load_file(str(file)), seed)
+    save_file(state, str(file), metadata={"format": "pt"})
+    return state
+
+
+def qwen3_moe_state(seed: int = 4) -> dict[str, torch.Tensor]:
+    with tempfile.TemporaryDirectory() as tmp:
+        return save_qwen3_moe(Path(tmp), seed)
+
+
 def mlp1_state(seed: int = 3) -> dict[str, torch.Tensor]:
     merged, hidden = 4 * VIT["hidden_size"], LLM["hidden_size"]
     seq = torch.nn.Sequential(torch.nn.LayerNorm(merged), torch.nn.Linear(merged, hidden),
@@ -100,13 +132,15 @@ def aimv2_to_release(vision: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return out
 
 
-def release_config(vocab: int = VOCAB) -> dict:
+def release_config(vocab: int = VOCAB, moe: bool = False) -> dict:
     cfg = copy.deepcopy(json.loads((RELEASE / "config.json").read_text()))
     vc, lc = cfg["vision_config"], cfg["llm_config"]
     vc.update({k: v for k, v in VIT.items()})
     cfg["force_image_size"] = IMAGE
     lc.update({k: v for k, v in LLM.items() if k != "rope_theta"}, vocab_size=vocab)
     lc["rope_theta"] = int(LLM["rope_theta"])
+    if moe:  # as SAIL-VL2-A3B: a Qwen3-MoE llm_config
+        lc.update(MOE, model_type="qwen3_moe", architectures=["Qwen3MoeForCausalLM"])
     return cfg
 
 
@@ -126,18 +160,21 @@ def save_sharded(directory: Path, tensors: dict[str, torch.Tensor], shards: int 
 
 
 def write_release(directory: Path, dtype: torch.dtype = torch.float32, lm_head: bool = True,
-                  seed: int = 0, with_extras: bool = True) -> dict[str, torch.Tensor]:
+                  seed: int = 0, with_extras: bool = True,
+                  moe: bool = False) -> dict[str, torch.Tensor]:
     """A tiny release-layout checkpoint; returns its tensors. ``lm_head=False`` drops the head
-    (a tied LLM); the config keeps the release's ``tie_word_embeddings: true`` either way."""
+    (a tied LLM); the config keeps the release's ``tie_word_embeddings: true`` either way.
+    ``moe`` gives it a Qwen3-MoE LLM (8 experts, top-2)."""
     directory.mkdir(parents=True, exist_ok=True)
-    llm = {"language_model." + k: v for k, v in qwen3_state(seed + 2).items()}
+    llm_state = qwen3_moe_state(seed + 2) if moe else qwen3_state(seed + 2)
+    llm = {"language_model." + k: v for k, v in llm_state.items()}
     if not lm_head:
         llm.pop("language_model.lm_head.weight")
     tensors = {**aimv2_to_release(aimv2_state(seed + 1)),
                **{"mlp1." + k: v for k, v in mlp1_state(seed + 3).items()}, **llm}
     tensors = {k: v.to(dtype).contiguous() for k, v in tensors.items()}
     save_sharded(directory, tensors)
-    cfg = release_config()
+    cfg = release_config(moe=moe)
     cfg["torch_dtype"] = cfg["llm_config"]["torch_dtype"] = str(dtype).replace("torch.", "")
     (directory / "config.json").write_text(json.dumps(cfg, indent=2))
     if with_extras:  # what --reference copies
@@ -148,18 +185,22 @@ def write_release(directory: Path, dtype: torch.dtype = torch.float32, lm_head: 
     return tensors
 
 
-def write_base_models(root: Path, tied: bool = True) -> tuple[Path, Path]:
-    """transformers' own save_pretrained of a tiny Aimv2VisionModel and Qwen3ForCausalLM."""
+def write_base_models(root: Path, tied: bool = True, moe: bool = False) -> tuple[Path, Path]:
+    """transformers' own save_pretrained of a tiny Aimv2VisionModel and a Qwen3ForCausalLM
+    (``moe``: an untied Qwen3MoeForCausalLM)."""
     from transformers import Aimv2VisionConfig, Aimv2VisionModel, Qwen3Config, Qwen3ForCausalLM
 
     vision = Aimv2VisionModel(Aimv2VisionConfig(**VIT, num_channels=3, qkv_bias=False,
                                                 mlp_bias=False, use_head=False))
     vision.load_state_dict(aimv2_state(11))
+    vision.save_pretrained(root / "aimv2")
+    if moe:
+        save_qwen3_moe(root / "qwen3_moe", 12)
+        return root / "aimv2", root / "qwen3_moe"
     llm_cfg = Qwen3Config(**{k: v for k, v in LLM.items() if k != "rope_theta"},
                           rope_parameters={"rope_type": "default", "rope_theta": LLM["rope_theta"]},
                           tie_word_embeddings=tied)
     llm = Qwen3ForCausalLM(llm_cfg)
     llm.load_state_dict(qwen3_state(12, tied), strict=not tied)
-    vision.save_pretrained(root / "aimv2")
     llm.save_pretrained(root / "qwen3")
     return root / "aimv2", root / "qwen3"

@@ -56,6 +56,40 @@ def test_missing_unexpected_and_misshapen_tensors_are_listed(capsys, release, tm
     assert "mlp1.1.weight: [64, 255] in the checkpoint, [64, 256] expected" in err
 
 
+def test_moe_missing_misshapen_and_fused_experts_are_named(capsys, release, tmp_path):
+    lm = "language_model.model.layers."
+
+    def change(t, cfg):
+        del t[lm + "2.mlp.experts.5.down_proj.weight"]
+        t[lm + "1.mlp.experts.3.gate_proj.weight"] = torch.zeros(64, 64)
+        del t[lm + "0.mlp.gate.weight"]
+
+    err = import_error(capsys, broken(release("moe"), tmp_path / "a", change), tmp_path / "out")
+    assert "missing tensors (2):" in err
+    assert lm + "2.mlp.experts.5.down_proj.weight" in err and lm + "0.mlp.gate.weight" in err
+    assert lm + "1.mlp.experts.3.gate_proj.weight: [64, 64] in the checkpoint, [48, 64]" in err
+
+    def fused(t, cfg):  # transformers 5's in-memory layout, e.g. a raw state_dict() dump
+        names = [f"{lm}0.mlp.experts.{e}.{p}_proj.weight" for e in range(8) for p in ("gate", "up")]
+        gate_up = torch.stack([torch.cat([t.pop(names[2 * e]), t.pop(names[2 * e + 1])])
+                               for e in range(8)])
+        t[lm + "0.mlp.experts.gate_up_proj"] = gate_up
+
+    err = import_error(capsys, broken(release("moe"), tmp_path / "b", fused), tmp_path / "out")
+    assert "missing tensors (16):" in err
+    assert (lm + "0.mlp.experts.gate_up_proj holds all experts of a layer at once") in err
+    assert "save_pretrained" in err
+
+    err = import_error(capsys, release("moe"), tmp_path / "out", "--ep", "3")
+    assert "--ep 3" in err and "does not divide the 8 experts" in err
+
+    def no_experts_count(t, cfg):
+        del cfg["llm_config"]["num_experts"]
+
+    hf = broken(release("moe"), tmp_path / "c", no_experts_count)
+    assert "llm_config.num_local_experts is missing" in import_error(capsys, hf, tmp_path / "out")
+
+
 def test_config_mismatch_and_unsupported_config(capsys, release, tmp_path):
     def wider(t, cfg):
         cfg["llm_config"]["intermediate_size"] = 192
@@ -65,15 +99,23 @@ def test_config_mismatch_and_unsupported_config(capsys, release, tmp_path):
 
     def unsupported(t, cfg):
         cfg["ps_version"] = "v1"
-        cfg["llm_config"]["model_type"] = "qwen3_moe"
+        cfg["llm_config"]["model_type"] = "llama"
         cfg["llm_config"]["rope_scaling"] = {"rope_type": "yarn", "factor": 4.0}
         cfg["vision_config"]["qkv_bias"] = True
 
     hf = broken(release("fp32"), tmp_path / "b", unsupported)
     err = import_error(capsys, hf, tmp_path / "out")
-    for text in ("ps_version='v1'", "qwen3_moe", "rope scaling 'yarn'",
+    for text in ("ps_version='v1'", "model_type='llama'", "rope scaling 'yarn'",
                  "vision_config.qkv_bias=True"):
         assert text in err, text
+
+    def unnormalised_moe(t, cfg):
+        cfg["llm_config"].update(model_type="qwen3_moe", num_experts=8, num_experts_per_tok=2,
+                                 moe_intermediate_size=64, norm_topk_prob=False)
+
+    hf = broken(release("fp32"), tmp_path / "c", unnormalised_moe)
+    err = import_error(capsys, hf, tmp_path / "out")
+    assert "norm_topk_prob=False is not supported" in err
 
 
 def test_dtypes(capsys, release, tmp_path):

@@ -72,10 +72,16 @@ def test_gated_mlp_padded_vocab_tied_reshaped():
     assert torch.equal(r.to_megatron([pos]), pos[0]) and torch.equal(r.to_hf(pos[0])[0], pos)
 
 
-def test_layer_names():
+def test_stacked_names():
     m = Direct(megatron="a.layers.w", hf=("x.{layer}.w",), layers=3, shape=(2,))
-    assert list(m.layer_indices()) == [0, 1, 2] and m.hf_names(2) == ("x.2.w",)
-    assert Direct(megatron="b", hf=("y",), shape=(2,)).hf_names() == ("y",)
+    assert m.indices() == [(0,), (1,), (2,)] and m.hf_names((2,)) == ("x.2.w",)
+    assert m.stacked == (3,)
+    e = Direct(megatron="a.layers.experts.w", hf=("x.{layer}.e.{expert}.w",), layers=2,
+               experts=3, shape=(2,))
+    assert e.stacked == (2, 3) and len(e.indices()) == 6 and e.indices()[4] == (1, 1)
+    assert e.hf_names((1, 2)) == ("x.1.e.2.w",)
+    plain = Direct(megatron="b", hf=("y",), shape=(2,))
+    assert plain.indices() == [()] and plain.hf_names() == ("y",)
 
 
 MAPPINGS = {

@@ -1,9 +1,11 @@
 """Logits parity with the transformers-based reference (fp32, 1e-4): ``verify`` at PP=2 with
 tied embeddings, ``sail forward`` loading imports at another TP than they were written with,
-and a checkpoint made by ``init-from``, trained two steps, exported and verified at TP=1."""
+and checkpoints made by ``init-from`` (Qwen3, and Qwen3-MoE against Qwen3MoeForCausalLM),
+trained two steps (MoE at EP=2), exported and verified at TP=1."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -53,35 +55,56 @@ def test_sail_forward_on_another_layout_matches_reference(name, tp, release, imp
     assert diff <= LIMIT
 
 
-def test_init_from_train_export_verify(capsys, sail, tmp_path):
+@pytest.mark.parametrize("llm", ["dense", "moe"])
+def test_init_from_train_export_verify(llm, capsys, sail, tmp_path):
+    """init-from (tied Qwen3, or Qwen3-MoE), two training steps (the MoE one at EP=2, so its
+    checkpoint and optimizer state are saved expert-parallel), export, verify at TP=1."""
     from megatron_sail.models.init import initial_value
     from tests.convert.fixtures import aimv2_to_release
 
-    vision_dir, llm_dir = write_base_models(tmp_path, tied=True)
+    moe = llm == "moe"
+    vision_dir, llm_dir = write_base_models(tmp_path, tied=not moe, moe=moe)
     ckpt = tmp_path / "init"
     assert cli.main(["init-from", "--vision", str(vision_dir), "--llm", str(llm_dir), "--out",
                      str(ckpt), "--seed", "7"]) == 0
     overrides = capsys.readouterr().out.split("checkpoint.load=")[1].split()[1:]
+    if moe:  # the Qwen3-MoE config's routing settings travel with the architecture
+        assert overrides[0] == "model.preset=tiny-moe"
+        assert "model.moe.aux_loss_coeff=0.01" in overrides
 
     # the new checkpoint holds the base models' weights and a fresh adapter
     exported = tmp_path / "init_hf"
     assert cli.main(["export-hf", "--ckpt", str(ckpt), "--out", str(exported)]) == 0
     got = load_dir(exported)
     vision = aimv2_to_release(load_file(str(vision_dir / "model.safetensors")))
-    llm = load_file(str(llm_dir / "model.safetensors"))
+    base_llm = load_file(str(llm_dir / "model.safetensors"))
     assert all(torch.equal(got[k], v) for k, v in vision.items())
-    assert all(torch.equal(got["language_model." + k], v) for k, v in llm.items())
+    assert all(torch.equal(got["language_model." + k], v) for k, v in base_llm.items())
+    assert len(got) == len(vision) + len(base_llm) + 6 + (0 if moe else 1)  # mlp1, tied lm_head
     fresh = initial_value("adapter.mlp.linear_fc1.weight", (64, 256), 7, (), 0.02,
                           {"llm": 4, "vision": 2})
     assert torch.equal(got["mlp1.1.weight"], fresh)
     assert not got["mlp1.1.bias"].any() and torch.equal(got["mlp1.0.weight"], torch.ones(256))
 
     run = tmp_path / "run"
+    layout = ["parallel.expert_model_parallel_size=2"] if moe else []
     sail.train(run, f"checkpoint.load={ckpt}", "train.train_iters=2",
                "checkpoint.save_interval=null", "train.eval_interval=null",
-               "run.tensorboard=false", *overrides, nproc=1)
+               "run.tensorboard=false", *overrides, *layout, nproc=2 if moe else 1)
+    marker = json.loads((run / "checkpoints" / "iter_0000002" / "sail_checkpoint.json").read_text())
+    assert marker["layout"]["ep"] == (2 if moe else 1)
     trained = tmp_path / "trained_hf"
     assert cli.main(["export-hf", "--ckpt", str(run / "checkpoints"), "--out", str(trained)]) == 0
     after = load_dir(trained)
     assert not torch.equal(after["mlp1.1.weight"], got["mlp1.1.weight"])  # it did train
+    if moe:
+        expert = "language_model.model.layers.0.mlp.experts.7.up_proj.weight"  # on EP rank 1
+        assert not torch.equal(after[expert], got[expert])
+        # As if trained on GPUs with TE and grouped-GEMM experts (which share the sequential
+        # experts' checkpoint format): verify still runs it on CPU with local layers.
+        common_path = run / "checkpoints" / "iter_0000002" / "common.pt"
+        common = torch.load(common_path, weights_only=True)
+        model = common["sail"]["config"]["model"]
+        model["transformer_impl"], model["moe"]["grouped_gemm"] = "transformer_engine", True
+        torch.save(common, common_path)
     assert run_verify(capsys, trained, run / "checkpoints") <= LIMIT

@@ -1,5 +1,5 @@
-"""HF -> Megatron -> HF is bit-exact for every tensor and dtype at TP=1 (fp32), TP=2 (bf16)
-and PP=2 (fp32, tied embeddings), through the real CLI."""
+"""HF -> Megatron -> HF is bit-exact for every tensor and dtype at TP=1 (fp32), TP=2 (bf16),
+PP=2 (fp32, tied embeddings) and, for a Qwen3-MoE LLM, EP=2, through the real CLI."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from megatron_sail.convert import cli
 
-LAYOUTS = {"fp32": [1, 1], "bf16": [1, 2], "tied": [2, 1]}  # pp_tp of each import
+LAYOUTS = {"fp32": [1, 1], "bf16": [1, 2], "tied": [2, 1], "moe": [1, 1]}  # pp_tp of each import
 
 
 def load_dir(directory: Path) -> dict[str, torch.Tensor]:
@@ -29,6 +29,7 @@ def test_roundtrip_is_bit_exact(name, release, imported, tmp_path):
     src, ckpt = release(name), imported(name)
     marker = json.loads((ckpt / "iter_0000000" / "sail_checkpoint.json").read_text())
     assert marker["pp_tp"] == LAYOUTS[name]
+    assert marker["layout"]["ep"] == (2 if name == "moe" else 1)
     out = tmp_path / "exported"
     # a run-style checkpoints dir for one case, an iter_* dir for the others
     source = ckpt if name == "fp32" else ckpt / "iter_0000000"
@@ -57,6 +58,10 @@ def test_roundtrip_is_bit_exact(name, release, imported, tmp_path):
                     "rms_norm_eps", "rope_theta", "max_position_embeddings"):
             assert out_cfg[part].get(key) == src_cfg[part].get(key), (part, key)
     assert out_cfg["llm_config"]["tie_word_embeddings"] is (name == "tied")
+    moe_fields = ("model_type", "num_experts", "num_experts_per_tok", "moe_intermediate_size",
+                  "norm_topk_prob", "architectures")
+    for key in moe_fields if name == "moe" else ():
+        assert out_cfg["llm_config"][key] == src_cfg["llm_config"][key], key
     assert out_cfg["llm_config"]["torch_dtype"] == str(before["mlp1.0.weight"].dtype)[6:]
     assert out_cfg["auto_map"] == src_cfg["auto_map"] and out_cfg["template"] == src_cfg["template"]
     for file in ("modeling_sailvl.py", "tokenizer_config.json", "vocab.json", "merges.txt",
