@@ -334,7 +334,7 @@ def check_dali() -> list[Check]:
     rng = np.random.default_rng(0)
     buf = io.BytesIO()
     Image.fromarray(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)).save(buf, "JPEG")
-    (gpu_image,) = decode_images_dali([buf.getvalue()], ["jpeg"], device="gpu")
+    (gpu_image,) = decode_images_dali([buf.getvalue()], ["jpeg"], device="mixed")
     checks.append(_compare("DALI GPU (nvJPEG) vs Pillow JPEG decode", gpu_image,
                            np.asarray(decode_image(buf.getvalue(), "jpeg")), mean_tol=2.0))
     return checks

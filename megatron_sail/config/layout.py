@@ -281,6 +281,9 @@ def _data_errors(cfg: SailConfig) -> list[str]:
     if data.anyres and cfg.model.vision.patch_size != 14:
         errors.append(f"data.anyres sizes images in 28 px cells (14 px patches, 2x2 merge); "
                       f"model.vision.patch_size is {cfg.model.vision.patch_size}")
+    if data.image_decoder not in ("auto", "pillow", "dali-cpu", "dali-gpu"):
+        errors.append(f"data.image_decoder='{data.image_decoder}' must be auto, pillow, "
+                      f"dali-cpu or dali-gpu")
     if data.video_backend not in ("auto", "dali-gpu", "dali-cpu", "pyav"):
         errors.append(f"data.video_backend='{data.video_backend}' must be auto, dali-gpu, "
                       f"dali-cpu or pyav")

@@ -123,6 +123,9 @@ class DataConfig:
     anyres: bool = False
     anyres_max_tokens: int = 4096
     video_backend: str = "auto"  # auto | dali-gpu | dali-cpu | pyav
+    # auto: DALI's GPU decoder (nvJPEG) on a GPU machine with DALI installed, else Pillow
+    # (DALI's CPU decoder gives Pillow's pixels, no faster) | pillow | dali-cpu | dali-gpu
+    image_decoder: str = "auto"
     system_message: Optional[str] = None
     num_workers: int = 2  # decoding processes per rank (0: in the training process)
     prefetch: int = 2  # micro-batches in flight per worker

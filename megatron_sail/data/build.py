@@ -20,6 +20,20 @@ def load_sources(path: str) -> tuple[list[SampleSource], list[float]]:
     return [open_source(path)], [1.0]
 
 
+def gpu_decoding_possible() -> bool:
+    """DALI and a GPU: a decoder may run CUDA work, so loader workers must be spawned (CUDA
+    does not survive a fork)."""
+    from megatron_sail.data.media.backends import cuda_available, dali_available
+
+    return cuda_available() and dali_available()
+
+
+def image_decoder(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    return "dali-gpu" if gpu_decoding_possible() else "pillow"
+
+
 def sample_encoder(cfg: SailConfig, tokenizer) -> SampleEncoder:
     data, vit = cfg.data, cfg.model.vision
     image_size = data.image_size or vit.image_size
@@ -29,7 +43,8 @@ def sample_encoder(cfg: SailConfig, tokenizer) -> SampleEncoder:
         tokens_per_tile=(image_size // vit.patch_size // 2) ** 2,  # 2x2 pixel shuffle
         seq_length=data.seq_length, system_message=data.system_message,
         video_backend=data.video_backend, anyres=data.anyres,
-        anyres_max_tokens=data.anyres_max_tokens, patch_size=vit.patch_size)
+        anyres_max_tokens=data.anyres_max_tokens, patch_size=vit.patch_size,
+        image_decoder=image_decoder(data.image_decoder))
 
 
 def build_batches(cfg: SailConfig, tokenizer, path: str, dp_rank: int, dp_size: int,
@@ -43,6 +58,6 @@ def build_batches(cfg: SailConfig, tokenizer, path: str, dp_rank: int, dp_size: 
         micro_batch=train.micro_batch_size, packing=data.packing,
         buffer_size=data.packing_buffer, seed=train.seed,
         num_workers=data.num_workers if num_workers is None else num_workers,
-        prefetch=data.prefetch)
+        prefetch=data.prefetch, spawn_workers=gpu_decoding_possible())
     return MultimodalBatches(samples, settings, tokenizer.pad_id, dp_rank, dp_size, dp_group,
                              state)

@@ -56,6 +56,7 @@ class LoaderSettings:
     seed: int = 1234
     num_workers: int = 2
     prefetch: int = 2  # micro-batches per worker in flight
+    spawn_workers: bool = False  # spawn instead of fork (decoders that use CUDA)
 
 
 @dataclass(frozen=True)
@@ -298,7 +299,8 @@ class MultimodalBatches:
         loader = torch.utils.data.DataLoader(
             builder, sampler=self._specs(), batch_size=None, collate_fn=_as_is,
             num_workers=s.num_workers, prefetch_factor=s.prefetch if s.num_workers else None,
-            persistent_workers=False)
+            persistent_workers=False,
+            multiprocessing_context="spawn" if s.spawn_workers and s.num_workers else None)
         return iter(loader)
 
     # -- consumption ----------------------------------------------------------------------

@@ -24,6 +24,9 @@ from megatron_sail.data.media.tiling import dynamic_tiles, num_tiles
 from megatron_sail.data.records import IMAGE_PLACEHOLDER, USER, VIDEO_PLACEHOLDER, Record
 
 
+IMAGE_DECODERS = ("pillow", "dali-cpu", "dali-gpu")
+
+
 class SampleErrorKind(str, Enum):
     MEDIA_MISSING = "media_missing"
     MEDIA_CORRUPT = "media_corrupt"
@@ -139,7 +142,10 @@ class SampleEncoder:
                  tokens_per_tile: int | None = None, seq_length: int | None = None,
                  system_message: str | None = None, video_backend: str = "auto",
                  anyres: bool = False, anyres_max_tokens: int = 4096,
-                 anyres_min_tokens: int = 4, patch_size: int = 14) -> None:
+                 anyres_min_tokens: int = 4, patch_size: int = 14,
+                 image_decoder: str = "pillow") -> None:
+        if image_decoder not in IMAGE_DECODERS:
+            raise ValueError(f"image_decoder must be one of {IMAGE_DECODERS}, got {image_decoder!r}")
         if num_frames < 1:
             raise ValueError(f"num_frames must be >= 1, got {num_frames}")
         self.tokenizer = tokenizer
@@ -155,6 +161,8 @@ class SampleEncoder:
         self.anyres = anyres
         self.anyres_max_tokens, self.anyres_min_tokens = anyres_max_tokens, anyres_min_tokens
         self.patch_size = patch_size
+        # pillow | dali-cpu (libjpeg-turbo: the same pixels) | dali-gpu (nvJPEG, UNVERIFIED)
+        self.image_decoder = image_decoder
 
     # -- planning (no pixel decoding) -------------------------------------------------------
     def image_tiles(self, width: int, height: int) -> int:
@@ -211,7 +219,7 @@ class SampleEncoder:
         for ref in record.images:
             data = media.read(ref)
             try:
-                image = decode_image(data, media.name(ref))
+                image = self._decode_image(data, media.name(ref))
             except MediaError as exc:
                 raise SampleError(exc.source, exc.reason, SampleErrorKind.MEDIA_CORRUPT) from None
             if self.anyres:
@@ -264,6 +272,17 @@ class SampleEncoder:
         image_grids = torch.tensor(grids, dtype=torch.int64).reshape(-1, 2)
         return EncodedRecord(enc.tokens, enc.labels, enc.loss_mask, enc.position_ids, pixel_values,
                              enc.num_visual_tokens, where, image_grids)
+
+    def _decode_image(self, data: bytes, source: str):
+        if self.image_decoder == "pillow":
+            return decode_image(data, source)
+        from PIL import Image
+
+        from megatron_sail.data.media.images import decode_images_dali
+
+        device = "cpu" if self.image_decoder == "dali-cpu" else "mixed"
+        (pixels,) = decode_images_dali([data], [source], device=device)
+        return Image.fromarray(pixels)
 
     def decode_video(self, media: MediaReader, ref: str) -> torch.Tensor:
         """uint8 [frames, 3, S, S], one tile per frame."""

@@ -152,3 +152,28 @@ def test_prepared_shards_and_blends(tokenizer, dataset, tmp_path):
     positions = [p for _ in range(4) for p in mixed.next_global_batch().positions]
     sources = [mixed.samples.schedule.source_of(p)[0] for p in positions]
     assert 0.6 < sources.count(0) / len(sources) < 0.9  # weight 3:1, skips aside
+
+
+def test_dali_cpu_image_decoding_gives_the_same_batches(tokenizer, dataset):
+    """DALI's CPU decoder (libjpeg-turbo) feeds the same tiles as Pillow."""
+    pillow = _loader(tokenizer, dataset.jsonl, "data.image_decoder=pillow")
+    dali = _loader(tokenizer, dataset.jsonl, "data.image_decoder=dali-cpu")
+    assert dali.samples.encoder.image_decoder == "dali-cpu"
+    for _ in range(3):
+        a, b = pillow.next_global_batch(), dali.next_global_batch()
+        assert a.positions == b.positions
+        assert stream_digest(a.microbatches) == stream_digest(b.microbatches)
+
+
+def test_workers_can_be_spawned(tokenizer, dataset):
+    """Spawned workers (used when a decoder may run CUDA) give the forked workers' batches."""
+    import dataclasses
+
+    forked = _loader(tokenizer, dataset.jsonl, workers=1)
+    spawned = _loader(tokenizer, dataset.jsonl, workers=1)
+    spawned.settings = dataclasses.replace(spawned.settings, spawn_workers=True)
+    for _ in range(2):
+        assert stream_digest(forked.next_global_batch().microbatches) == \
+            stream_digest(spawned.next_global_batch().microbatches)
+    forked.close()
+    spawned.close()
