@@ -105,3 +105,15 @@ def test_prepare_check_and_train_on_shards(sail, data, tmp_path):
                "train.train_iters=4", "train.eval_interval=null", nproc=2)
     metrics = sail.metrics(tmp_path / "run")
     assert len(metrics) == 4 and metrics[-1]["data/skipped"] == 0
+
+
+@pytest.mark.parametrize("layout", [["parallel.tensor_model_parallel_size=2"],
+                                    ["parallel.pipeline_model_parallel_size=2"]],
+                         ids=["tp2_sp", "pp2"])
+def test_packed_rows_on_other_layouts(sail, data, straight, tmp_path, layout):
+    """The same packed global batches through TP=2 + sequence parallelism (THD rows split
+    over TP ranks) and PP=2 (every stage gets the sample boundaries): the DP=2 losses."""
+    _, args = data
+    sail.train(tmp_path, *args, *layout, "train.train_iters=4", "optimizer.lr_decay_iters=12",
+               "train.eval_interval=null", nproc=2)
+    assert_close_losses(sail.losses(tmp_path), sail.losses(straight), range(1, 5))
