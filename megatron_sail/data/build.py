@@ -49,7 +49,7 @@ def sample_encoder(cfg: SailConfig, tokenizer) -> SampleEncoder:
 
 def build_batches(cfg: SailConfig, tokenizer, path: str, dp_rank: int, dp_size: int,
                   dp_group=None, state: Optional[dict] = None,
-                  num_workers: Optional[int] = None) -> MultimodalBatches:
+                  num_workers: Optional[int] = None, share_group=None) -> MultimodalBatches:
     sources, weights = load_sources(path)
     samples = BlendedSamples(sources, weights, cfg.train.seed, sample_encoder(cfg, tokenizer))
     data, train = cfg.data, cfg.train
@@ -60,4 +60,4 @@ def build_batches(cfg: SailConfig, tokenizer, path: str, dp_rank: int, dp_size: 
         num_workers=data.num_workers if num_workers is None else num_workers,
         prefetch=data.prefetch, spawn_workers=gpu_decoding_possible())
     return MultimodalBatches(samples, settings, tokenizer.pad_id, dp_rank, dp_size, dp_group,
-                             state)
+                             state, share_group)

@@ -229,7 +229,11 @@ class MultimodalBatches:
     """This rank's micro-batches of consecutive global batches, with a checkpointable state."""
 
     def __init__(self, samples: BlendedSamples, settings: LoaderSettings, pad_id: int,
-                 dp_rank: int, dp_size: int, dp_group=None, state: Optional[dict] = None):
+                 dp_rank: int, dp_size: int, dp_group=None, state: Optional[dict] = None,
+                 share_group=None):
+        """``dp_group`` None: no gathering of decode-time skips (each rank reports its own).
+        ``share_group``: the ranks that consume the same micro-batches (TP x PP of one DP
+        rank); its first rank decodes and broadcasts, the others only plan (to keep state)."""
         s = settings
         if s.packing and s.micro_batch != 1:
             raise ValueError(f"with packing a micro-batch is one packed row: micro-batch size "
@@ -246,6 +250,12 @@ class MultimodalBatches:
             self.load_state_dict(state)
         self._iterator: Optional[Iterator] = None
         self._pending: collections.deque[_Planned] = collections.deque()
+        self.share_group = None
+        if share_group is not None and torch.distributed.get_world_size(share_group) > 1:
+            self.share_group = share_group
+            self._source = torch.distributed.get_global_rank(share_group, 0)
+        self._receiver = (self.share_group is not None
+                          and torch.distributed.get_rank(self.share_group) != 0)
 
     @property
     def num_microbatches(self) -> int:
@@ -276,14 +286,19 @@ class MultimodalBatches:
                                      max(self.buffer_size, s.global_batch))
         return _plan_unpacked(self.samples.info, state, s.seq_length, s.global_batch)
 
+    def _plan_batch(self, state: PackingState) -> _Planned:
+        plan, after = self._plan(state)
+        planned = _Planned(state, after, plan, deal_rows(plan, self.dp_size),
+                           [self.samples.failures[p] for p in plan.skipped])
+        self.samples.forget_before(after.next_position, after.carry)
+        return planned
+
     def _specs(self) -> Iterator[MicroBatchSpec]:
         state, number = self._state, 0
         while True:
-            plan, after = self._plan(state)
-            planned = _Planned(state, after, plan, deal_rows(plan, self.dp_size),
-                               [self.samples.failures[p] for p in plan.skipped])
+            planned = self._plan_batch(state)
             self._pending.append(planned)
-            self.samples.forget_before(after.next_position, after.carry)
+            after = planned.state_after
             rows = planned.ranks[self.dp_rank]
             mbs = self.settings.micro_batch
             for k in range(0, len(rows), mbs):
@@ -307,10 +322,20 @@ class MultimodalBatches:
     def next_global_batch(self) -> GlobalBatch:
         """This rank's micro-batches of the next global batch, with its metrics and the samples
         skipped in it (all ranks', gathered over the data-parallel group)."""
-        if self._iterator is None:
-            self._iterator = self._loader()
-        items = [next(self._iterator) for _ in range(self.num_microbatches)]
-        planned = self._pending.popleft()
+        if self._receiver:  # another rank of the model-parallel group decodes
+            planned = self._plan_batch(self._state)
+            payload: list = [None]
+            torch.distributed.broadcast_object_list(payload, src=self._source,
+                                                    group=self.share_group)
+            items = payload[0]
+        else:
+            if self._iterator is None:
+                self._iterator = self._loader()
+            items = [next(self._iterator) for _ in range(self.num_microbatches)]
+            planned = self._pending.popleft()
+            if self.share_group is not None:
+                torch.distributed.broadcast_object_list([items], src=self._source,
+                                                        group=self.share_group)
         decode_skips = [skip for _, skips in items for skip in skips]
         if self.dp_size > 1 and self.dp_group is not None:
             gathered: list = [None] * self.dp_size

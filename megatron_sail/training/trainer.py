@@ -142,9 +142,11 @@ class Trainer:
         self.tokenizer = tokenizer
         self.data = None  # the real-data loader (data.dataset=blend)
         if cfg.data.dataset == "blend":
+            # One rank per model-parallel group (TP x PP) decodes; the others receive.
             self.data = build_batches(cfg, tokenizer, cfg.data.blend, dp_rank, self.layout.dp,
                                       parallel_state.get_data_parallel_group(),
-                                      state=common.get("data"))
+                                      state=common.get("data"),
+                                      share_group=parallel_state.get_model_parallel_group())
             self.val_batches = {}
         else:
             self.batches = GlobalBatches(_dataset(cfg, tokenizer, "train"),
@@ -223,7 +225,8 @@ class Trainer:
         cfg = self.cfg
         batches = build_batches(cfg, self.tokenizer, cfg.data.valid_blend,
                                 parallel_state.get_data_parallel_rank(), self.layout.dp,
-                                parallel_state.get_data_parallel_group(), num_workers=0)
+                                parallel_state.get_data_parallel_group(), num_workers=0,
+                                share_group=parallel_state.get_model_parallel_group())
         loss_sum = tokens = 0.0
         for _ in range(cfg.train.eval_iters):
             microbatches = batches.next_global_batch().microbatches
