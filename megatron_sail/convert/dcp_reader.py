@@ -23,7 +23,7 @@ from torch.distributed.checkpoint.planner import LoadPlan
 from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 
 from megatron_sail.checkpointing.layout_files import CheckpointError
-from megatron_sail.convert.errors import ConversionError, listing
+from megatron_sail.convert.errors import ConversionError, inventory_problems
 
 # = checkpointing.dist_ckpt.COMMON_KEY; that module imports Megatron, which export does not need
 COMMON_KEY = "sail"
@@ -108,19 +108,9 @@ class DistCheckpointReader:
 
     def check(self, expected: dict[str, tuple[int, ...]]) -> None:
         """The checkpoint's model tensors are exactly ``expected`` (global shapes)."""
-        keys = set(self.model_keys())
-        missing = [k for k in expected if k not in keys]
-        unexpected = sorted(keys - set(expected))
-        shapes = [f"{k}: {list(self.tensors[k].size)} stored, {list(s)} expected"
-                  for k, s in expected.items()
-                  if k in keys and tuple(self.tensors[k].size) != tuple(s)]
-        parts = []
-        if missing:
-            parts.append(listing("missing tensors", missing))
-        if unexpected:
-            parts.append(listing("tensors no mapping covers", unexpected))
-        if shapes:
-            parts.append(listing("shape mismatches", shapes))
+        present = {k: self.tensors[k].size for k in self.model_keys()}
+        parts = inventory_problems(present, expected, sorted(set(present) - set(expected)),
+                                   "tensors no mapping covers", "stored", "expected")
         if parts:
             raise ConversionError(f"{self.ckpt_dir}: does not match its stored model config\n"
                                   + "\n".join(parts))

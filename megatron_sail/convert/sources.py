@@ -17,7 +17,7 @@ import torch
 
 from megatron_sail.config.schema import ModelConfig
 from megatron_sail.convert import hf_config
-from megatron_sail.convert.errors import ConversionError, listing, raise_if
+from megatron_sail.convert.errors import ConversionError, inventory_problems, listing, raise_if
 from megatron_sail.convert.kinds import ZEROS, Index, Shape
 from megatron_sail.convert.safetensors_io import DTYPES, SafetensorsDir
 from megatron_sail.convert.tables import (
@@ -34,19 +34,11 @@ def check_weights(weights: SafetensorsDir, expected: dict[str, Shape],
                   ignored: tuple[str, ...] = ()) -> None:
     """Every expected tensor present with its shape and a float dtype, nothing unexpected."""
     present = weights.tensors
-    missing = [n for n in expected if n not in present]
     unexpected = [n for n in present if n not in expected and n not in ignored]
-    shapes = [f"{n}: {list(present[n].shape)} in the checkpoint, {list(s)} expected by the config"
-              for n, s in expected.items() if n in present and present[n].shape != tuple(s)]
+    parts = inventory_problems({n: t.shape for n, t in present.items()}, expected, unexpected,
+                               "unexpected tensors", "in the checkpoint", "expected by the config")
     dtypes = [f"{n}: {present[n].dtype}" for n in expected
               if n in present and present[n].dtype not in _CASTABLE]
-    parts = []
-    if missing:
-        parts.append(listing("missing tensors", missing))
-    if unexpected:
-        parts.append(listing("unexpected tensors", unexpected))
-    if shapes:
-        parts.append(listing("shape mismatches", shapes))
     if dtypes:
         parts.append(listing(f"unsupported dtypes (supported: {', '.join(_CASTABLE)})", dtypes))
     fused = [n for n in unexpected if _FUSED_EXPERTS.search(n)]

@@ -59,14 +59,22 @@ def normalize_pixels(pixels: torch.Tensor) -> torch.Tensor:
     return normalize(pixels)
 
 
+def concat_visual(samples: list[dict], key: str) -> Optional[torch.Tensor]:
+    """``pixel_values`` or ``image_grids`` of all samples in order; text-only samples carry
+    None or an empty tensor. None when no sample has any."""
+    parts = [v for v in (s.get(key) for s in samples) if v is not None and len(v)]
+    return torch.cat(parts) if parts else None
+
+
 def collate(samples: list[dict]) -> MicroBatch:
-    pixels = [s["pixel_values"] for s in samples if s.get("pixel_values") is not None]
+    """Samples of ``seq_length`` tokens each -> one [b, s] micro-batch."""
     return MicroBatch(
         tokens=torch.stack([s["tokens"] for s in samples]),
         position_ids=torch.stack([s["position_ids"] for s in samples]),
         labels=torch.stack([s["labels"] for s in samples]),
         loss_mask=torch.stack([s["loss_mask"] for s in samples]).float(),
-        pixel_values=torch.cat(pixels) if pixels else None,
+        pixel_values=concat_visual(samples, "pixel_values"),
+        image_grids=concat_visual(samples, "image_grids"),
     )
 
 

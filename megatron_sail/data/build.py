@@ -56,7 +56,7 @@ def build_batches(cfg: SailConfig, tokenizer, path: str, dp_rank: int, dp_size: 
     settings = LoaderSettings(
         seq_length=data.seq_length, global_batch=train.global_batch_size,
         micro_batch=train.micro_batch_size, packing=data.packing,
-        buffer_size=data.packing_buffer, seed=train.seed,
+        buffer_size=data.packing_buffer,
         num_workers=data.num_workers if num_workers is None else num_workers,
         prefetch=data.prefetch, spawn_workers=gpu_decoding_possible())
     return MultimodalBatches(samples, settings, tokenizer.pad_id, dp_rank, dp_size, dp_group,

@@ -28,7 +28,7 @@ from typing import Iterator, Optional, Sequence
 
 import torch
 
-from megatron_sail.data.batches import MicroBatch
+from megatron_sail.data.batches import MicroBatch, collate
 from megatron_sail.data.blend import BlendSchedule
 from megatron_sail.data.packing_balance import deal_rows, packing_stats
 from megatron_sail.data.packing_collate import collate_packed
@@ -53,7 +53,6 @@ class LoaderSettings:
     micro_batch: int  # 1 with packing (a packed row is a micro-batch)
     packing: bool = True
     buffer_size: Optional[int] = None  # packing lookahead in samples; None: 4 x global_batch
-    seed: int = 1234
     num_workers: int = 2
     prefetch: int = 2  # micro-batches per worker in flight
     spawn_workers: bool = False  # spawn instead of fork (decoders that use CUDA)
@@ -100,8 +99,12 @@ class BlendedSamples:
                 self._infos[position] = SampleInfo(position, plan.length, plan.visual_tokens)
             except (SampleError, RecordError) as exc:
                 self._infos[position] = None
-                self.failures[position] = Skip(position, self.sources[d].name, _kind(exc), str(exc))
+                self.failures[position] = self.skip(position, exc)
         return self._infos[position]
+
+    def skip(self, position: int, exc: Exception) -> Skip:
+        d, _ = self.schedule.source_of(position)
+        return Skip(position, self.sources[d].name, _kind(exc), str(exc))
 
     def forget_before(self, position: int, keep: Sequence[int] = ()) -> None:
         """Drop cached plans the planner will not ask for again."""
@@ -112,7 +115,7 @@ class BlendedSamples:
 
     def encode(self, position: int):
         d, index = self.schedule.source_of(position)
-        return self.sources[d].encode(index, self.encoder), self.sources[d].name
+        return self.sources[d].encode(index, self.encoder)
 
 
 @dataclass(frozen=True)
@@ -126,28 +129,23 @@ class MicroBatchSpec:
 class _MicroBatchBuilder(torch.utils.data.Dataset):
     """Decodes and collates a micro-batch (runs in loader workers)."""
 
-    def __init__(self, samples: BlendedSamples, settings: LoaderSettings, pad_id: int,
-                 image_size: int):
+    def __init__(self, samples: BlendedSamples, settings: LoaderSettings, pad_id: int):
         self.samples, self.settings, self.pad_id = samples, settings, pad_id
-        self.image_size = image_size
 
     def __len__(self) -> int:  # specs come from the sampler; the length is nominal
         return 2**62
 
     def _sample(self, position: int, length: int, skips: list[Skip]) -> dict:
         try:
-            enc, _ = self.samples.encode(position)
+            enc = self.samples.encode(position)
             if len(enc.tokens) != length:  # the plan and the encoding must agree
                 raise SampleError(enc.where, f"encodes to {len(enc.tokens)} tokens but was "
                                   f"planned at {length}", "malformed_record")
-            pixels = enc.pixel_values if enc.pixel_values.shape[0] else None
-            grids = enc.image_grids if pixels is not None else None
             return {"tokens": enc.tokens, "labels": enc.labels, "loss_mask": enc.loss_mask,
-                    "position_ids": enc.position_ids, "pixel_values": pixels,
-                    "image_grids": grids}
+                    "position_ids": enc.position_ids, "pixel_values": enc.pixel_values,
+                    "image_grids": enc.image_grids}
         except (SampleError, RecordError) as exc:
-            d, _ = self.samples.schedule.source_of(position)
-            skips.append(Skip(position, self.samples.sources[d].name, _kind(exc), str(exc)))
+            skips.append(self.samples.skip(position, exc))
             return self._filler(length)
 
     def _filler(self, length: int) -> dict:
@@ -164,16 +162,7 @@ class _MicroBatchBuilder(torch.utils.data.Dataset):
             samples = [self._sample(p, n, skips) for p, n in row]
             return collate_packed(samples, seq, self.pad_id), skips
         samples = [_pad(self._sample(p, n, skips), seq, self.pad_id) for ((p, n),) in spec.rows]
-        pixels = [s["pixel_values"] for s in samples if s["pixel_values"] is not None]
-        grids = [s["image_grids"] for s in samples if s["image_grids"] is not None]
-        batch = MicroBatch(
-            tokens=torch.stack([s["tokens"] for s in samples]),
-            position_ids=torch.stack([s["position_ids"] for s in samples]),
-            labels=torch.stack([s["labels"] for s in samples]),
-            loss_mask=torch.stack([s["loss_mask"] for s in samples]).float(),
-            pixel_values=torch.cat(pixels) if pixels else None,
-            image_grids=torch.cat(grids) if grids else None)
-        return batch, skips
+        return collate(samples), skips
 
 
 def _as_is(item):
@@ -309,8 +298,7 @@ class MultimodalBatches:
 
     def _loader(self) -> Iterator:
         s = self.settings
-        builder = _MicroBatchBuilder(self.samples, s, self.pad_id,
-                                     self.samples.encoder.image_size)
+        builder = _MicroBatchBuilder(self.samples, s, self.pad_id)
         loader = torch.utils.data.DataLoader(
             builder, sampler=self._specs(), batch_size=None, collate_fn=_as_is,
             num_workers=s.num_workers, prefetch_factor=s.prefetch if s.num_workers else None,

@@ -6,7 +6,7 @@ from typing import Sequence
 
 import torch
 
-from megatron_sail.data.batches import MicroBatch
+from megatron_sail.data.batches import MicroBatch, concat_visual
 
 
 def collate_packed(samples: Sequence[dict], seq_length: int, pad_id: int) -> MicroBatch:
@@ -45,22 +45,14 @@ def collate_packed(samples: Sequence[dict], seq_length: int, pad_id: int) -> Mic
         return torch.cat([s[key] for s in samples] + [fill]).unsqueeze(0)
 
     filler = torch.full((pad,), pad_id, dtype=torch.int64)
-    # Text-only samples carry None or no tiles ([0, 3, S, S] from the sample encoder).
-    pixels = [p for p in (s.get("pixel_values") for s in samples) if p is not None and len(p)]
     return MicroBatch(
         tokens=row("tokens", filler).long(),
         position_ids=row("position_ids", torch.arange(pad, dtype=torch.int64)).long(),
         labels=row("labels", filler).long(),
         loss_mask=torch.cat([s["loss_mask"].float() for s in samples]
                             + [torch.zeros(pad)]).unsqueeze(0),
-        pixel_values=torch.cat(pixels) if pixels else None,
+        pixel_values=concat_visual(samples, "pixel_values"),
         cu_seqlens=cu_seqlens,
         max_seqlen=max(segments),
-        image_grids=_grids(samples),
+        image_grids=concat_visual(samples, "image_grids"),
     )
-
-
-def _grids(samples: Sequence[dict]):
-    """AnyRes samples: their images' patch grids, in order (None for fixed-size tiles)."""
-    grids = [g for g in (s.get("image_grids") for s in samples) if g is not None]
-    return torch.cat(grids) if grids else None

@@ -13,7 +13,7 @@ from typing import Protocol, Union
 
 import numpy as np
 
-from megatron_sail.data.records import Record, RecordError, iter_lines, media_base, parse_line
+from megatron_sail.data.records import Record, RecordError, media_base, parse_line
 from megatron_sail.data.sample_encoder import (
     EncodedRecord, FileMedia, SampleEncoder, SamplePlan,
 )
@@ -89,14 +89,12 @@ class ShardSource:
 
     def plan(self, index: int, encoder: SampleEncoder) -> SamplePlan:
         ix = self.index
-        if ix.length[index] is not None and self._stored_plan_usable(encoder):
+        length = ix.length[index]
+        fits = encoder.seq_length is None or (length or 0) <= encoder.seq_length
+        if length is not None and fits and self._stored_plan_usable(encoder):
             tiles = ix.visual_tokens[index] // encoder.tokens_per_tile
-            plan = SamplePlan(ix.length[index], ix.visual_tokens[index], tiles)
-            if encoder.seq_length is not None and plan.length > encoder.seq_length:
-                encoder.plan_from_sizes(self.reader.read(index).record,
-                                        [tuple(s) for s in ix.image_sizes[index]],
-                                        ix.video_frames[index])  # raises too_long, with context
-            return plan
+            return SamplePlan(length, ix.visual_tokens[index], tiles)
+        # From the record: also what names a too-long sample with its context.
         record = self.reader.read(index).record
         return encoder.plan_from_sizes(record, [tuple(s) for s in ix.image_sizes[index]],
                                        ix.video_frames[index])
@@ -117,4 +115,4 @@ def open_source(path: str, root: str | None = None, name: str | None = None
     return JsonlSource(path, root, name)
 
 
-__all__ = ["JsonlSource", "SampleSource", "ShardSource", "open_source", "iter_lines"]
+__all__ = ["JsonlSource", "SampleSource", "ShardSource", "open_source"]
