@@ -37,7 +37,10 @@ class VisionAdapter(MegatronModule):
 
     def forward(self, patch_features: torch.Tensor) -> torch.Tensor:
         """[N, h, w, C_vit] -> [N * h*w/4, H_llm] visual embeddings, tile by tile."""
-        tokens = pixel_shuffle_v2(patch_features)
+        return self.project(pixel_shuffle_v2(patch_features))
+
+    def project(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Merged tokens [..., 4 C_vit] -> [tokens, H_llm]."""
         out, bias = self.mlp(self.norm(tokens))
         if bias is not None:
             out = out + bias

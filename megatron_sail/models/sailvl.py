@@ -11,7 +11,7 @@ from megatron.core.models.gpt import GPTModel
 from megatron.core.packed_seq_params import PackedSeqParams
 from megatron.core.transformer.module import MegatronModule
 
-from megatron_sail.models.adapter import VisionAdapter
+from megatron_sail.models.adapter import VisionAdapter, pixel_shuffle_v2
 from megatron_sail.models.vision import SailViT
 
 
@@ -77,7 +77,9 @@ class SailVLModel(MegatronModule):
         if image_grids is None:  # fixed-size tiles [N, 3, H, W]
             return self.adapter(self.vision(pixel_values))
         features = self.vision.forward_packed(pixel_values, image_grids)  # AnyRes
-        return torch.cat([self.adapter(f.unsqueeze(0)) for f in features])
+        # each image merged on its own grid, then all tokens through the MLP at once
+        return self.adapter.project(torch.cat([pixel_shuffle_v2(f.unsqueeze(0))[0]
+                                               for f in features]))
 
     def _embed(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
                pixel_values: Optional[torch.Tensor],
