@@ -333,7 +333,6 @@ class MultimodalBatches:
         self.skipped.update(skip.kind for skip in skips)
         self._state = planned.state_after
         metrics = {**packing_stats(planned.ranks, self.settings.seq_length),
-                   "data/tokens": sum(r.tokens for r in planned.plan.rows),
                    "data/skipped": sum(self.skipped.values()),
                    **{f"data/skipped/{kind}": n for kind, n in sorted(self.skipped.items())}}
         infos = [s for row in planned.plan.rows for s in row.samples]

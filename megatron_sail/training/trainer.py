@@ -283,8 +283,11 @@ class Trainer:
                 self.routing.end_step(self.layout.num_microbatches)
             elapsed = time.perf_counter() - t0
             state.iteration += 1
-            state.consumed_samples += data_metrics.get("packed_samples", train.global_batch_size)
-            tokens = data_metrics.pop("data/tokens", train.global_batch_size * cfg.data.seq_length)
+            if shapes is None:  # synthetic: full samples of seq_length
+                samples, tokens = train.global_batch_size, train.global_batch_size * cfg.data.seq_length
+            else:  # real data: the samples' own tokens, padding not counted
+                samples, tokens = len(shapes), sum(n for n, _ in shapes)
+            state.consumed_samples += samples
             if skips and self.metrics:
                 self.metrics.skipped(state.iteration, [s.as_dict() for s in skips])
             record = {
