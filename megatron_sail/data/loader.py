@@ -21,7 +21,6 @@ padding segment outside the loss, so the batch layout stays deterministic.
 from __future__ import annotations
 
 import collections
-import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Iterator, Optional, Sequence
@@ -344,12 +343,3 @@ class MultimodalBatches:
         self._iterator = None
         self._pending.clear()
 
-
-def stream_digest(batches: Sequence[MicroBatch]) -> str:
-    """A short hash of micro-batch contents (tests and resume checks)."""
-    h = hashlib.sha256()
-    for b in batches:
-        for t in (b.tokens, b.labels, b.loss_mask, b.cu_seqlens, b.pixel_values):
-            if t is not None:
-                h.update(t.contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]

@@ -5,15 +5,27 @@ not depend on the data-parallel size."""
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from megatron_sail.config import load_config
 from megatron_sail.data.build import build_batches
-from megatron_sail.data.loader import DataStateError, stream_digest
+from megatron_sail.data.loader import DataStateError
 from tests.data.dataset_fixtures import make_dataset
 from tests.helpers import TINY
 
 SEQ = 256
+
+
+def stream_digest(batches: list) -> str:
+    """A short hash of micro-batch contents."""
+    h = hashlib.sha256()
+    for b in batches:
+        for t in (b.tokens, b.labels, b.loss_mask, b.cu_seqlens, b.pixel_values, b.image_grids):
+            if t is not None:
+                h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 @pytest.fixture(scope="module")
