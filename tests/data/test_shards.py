@@ -59,12 +59,16 @@ def test_round_trip_keeps_records_and_media_bytes(tmp_path, corpus):
     assert sorted(os.listdir(tmp_path)) == ["shards"]  # the temporary directory was renamed
 
 
-def test_webdataset_naming_and_contiguous_samples(tmp_path, corpus):
-    _, records = corpus
-    out = tmp_path / "wds"
+def write_shards(out, records) -> None:
     with ShardWriter(str(out)) as writer:
         for s in samples(records):
             writer.add(s)
+
+
+def test_webdataset_naming_and_contiguous_samples(tmp_path, corpus):
+    _, records = corpus
+    out = tmp_path / "wds"
+    write_shards(out, records)
     with tarfile.open(out / "shard-000000.tar") as tar:
         names = tar.getnames()
     # WebDataset groups consecutive members by the name up to the first dot.
@@ -128,9 +132,7 @@ def _read_turns(args):
 def test_reader_survives_pickling_and_worker_processes(tmp_path, corpus):
     _, records = corpus
     out = tmp_path / "mp"
-    with ShardWriter(str(out)) as writer:
-        for s in samples(records):
-            writer.add(s)
+    write_shards(out, records)
     reader = ShardReader(str(out))
     reader.read(0)  # opens a descriptor before the fork
     clone = pickle.loads(pickle.dumps(reader))
@@ -148,9 +150,7 @@ def test_reader_errors(tmp_path, corpus):
         ShardReader(str(tmp_path))
     _, records = corpus
     out = tmp_path / "cut"
-    with ShardWriter(str(out)) as writer:
-        for s in samples(records):
-            writer.add(s)
+    write_shards(out, records)
     reader = ShardReader(str(out))
     with pytest.raises(IndexError):
         reader.read(6)
