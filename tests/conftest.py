@@ -7,7 +7,10 @@ import os
 
 import pytest
 
+from megatron_sail.distributed.cpu_compat import import_megatron
 from tests.helpers import TINY, SailRunner
+
+import_megatron()  # before any test module imports Megatron-Core
 
 
 @pytest.fixture(scope="session")

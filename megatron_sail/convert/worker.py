@@ -31,8 +31,8 @@ def _write_job(spec: dict, cfg, layout) -> dict:
     clock = [time.perf_counter()]
     views, shards = ms.standalone_shards(ms.build_meta(cfg, layout))
     values = Values.from_spec(spec["source"], cfg.model, PRECISIONS[cfg.train.precision])
-    ms.fill(shards, values, show_progress=torch.distributed.get_rank() == 0 and spec["progress"])
-    before = ms.fingerprints([sh.data for sh in shards])
+    before = ms.fill(shards, values,
+                     show_progress=torch.distributed.get_rank() == 0 and spec["progress"])
     clock.append(time.perf_counter())
     common = {"config": config_to_dict(cfg), "converted_from": spec["origin"]}
     if spec.get("hf_config") is not None:
@@ -95,6 +95,9 @@ def main(argv: list[str]) -> int:
     result: dict = {}
     code = 0
     try:
+        from megatron_sail.distributed.cpu_compat import import_megatron
+
+        import_megatron()
         from megatron_sail.checkpointing.layout_files import CheckpointError
         from megatron_sail.config import ConfigError, config_from_dict
         from megatron_sail.config.layout import resolve_layout

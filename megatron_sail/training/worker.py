@@ -7,6 +7,9 @@ import sys
 
 
 def run_worker(config_path: str | None, overrides: list[str]) -> int:
+    from megatron_sail.distributed.cpu_compat import import_megatron
+
+    import_megatron()
     from megatron_sail.config import load_config
     from megatron_sail.distributed.runtime import detect_env, shutdown
     from megatron_sail.training.trainer import Trainer
