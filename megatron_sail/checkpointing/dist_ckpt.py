@@ -8,6 +8,7 @@ file and renames, so a checkpoint is complete or absent.
 
 from __future__ import annotations
 
+import queue
 import random
 import shutil
 from pathlib import Path
@@ -76,6 +77,18 @@ def _has_params(optimizer) -> bool:
     return optimizer is not None and any(g["params"] for g in optimizer.param_groups)
 
 
+def _local_write_results() -> None:
+    """Megatron's torch_dist writer returns its results through a queue made for async saves:
+    a Manager served by a spawned interpreter, which imports torch to unpickle them (about
+    4 s on a 2-core machine, on the critical path of each process's first save). Our saves
+    are synchronous: the writer runs in the saving process, where a local queue carries the
+    same results. (If a newer Megatron drops this module global, nothing changes.)"""
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    if getattr(filesystem_async, "_results_queue", False) is None:
+        filesystem_async._results_queue = queue.Queue()
+
+
 def save_checkpoint(root: Path, iteration: int, chunks, optimizer, common: dict,
                     marker: dict, keep_last: Optional[int] = None) -> Path:
     """Collective: every rank calls it. ``common`` (plain values) is stored once."""
@@ -93,6 +106,7 @@ def save_checkpoint(root: Path, iteration: int, chunks, optimizer, common: dict,
         state["optimizer"] = optimizer.sharded_state_dict(state, metadata=_metadata())
     state["rng_state"] = _rng_object(_rng_state())
     state[COMMON_KEY] = common
+    _local_write_results()
     dist_checkpointing.save(state, str(tmp))
     torch.distributed.barrier()
     if rank == 0:
