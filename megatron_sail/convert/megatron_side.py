@@ -138,41 +138,57 @@ def standalone_shards(chunks) -> tuple[list[SaveView], list[ShardedTensor]]:
 
 
 @torch.no_grad()
-def fill(shards: list[ShardedTensor], values: "Values", show_progress: bool) -> None:
-    """Give every shard its values: read straight into its buffer where its rows are whole
-    rows of the HF tensors, otherwise cut from the full value."""
+def fill(shards: list[ShardedTensor], values: "Values", show_progress: bool) -> list[str]:
+    """Give every shard its values - read straight into its buffer where its rows are whole
+    rows of the HF tensors, otherwise cut from the full value - and return their
+    fingerprints, each hashed while the next shard is read."""
     unmapped = sorted({sh.key for sh in shards if sh.key not in values.keys()})
     if unmapped:
         raise ConversionError(listing("model tensors that no mapping table covers", unmapped))
     progress = Progress("fill", len(shards), show_progress)
     nbytes = 0
-    for i, sh in enumerate(shards):
-        lead = sh.prepend_axis_num  # stacked axes: layer, and the global expert index
-        index = tuple(sh.global_offset[:lead])
-        start = _row_slab(sh)
-        if start is None or not values.read_rows_into(sh.key, index, start, sh.data):
-            full = values.value(sh.key, index)
-            if tuple(full.shape) != tuple(sh.global_shape[lead:]):
-                raise ConversionError(f"{sh.key}: mapped value is {list(full.shape)}, the model "
-                                      f"expects {list(sh.global_shape[lead:])}")
-            local = sh.local_shape[len(sh.local_shape) - (len(sh.global_shape) - lead):]
-            region = tuple(slice(o, o + n) for o, n in zip(sh.global_offset[lead:], local))
-            sh.data.copy_(full[region].reshape(sh.data.shape))
-        nbytes += sh.data.numel() * sh.data.element_size()
-        progress.update(i + 1, nbytes)
+    with _hash_pool() as pool:
+        digests = []
+        for i, sh in enumerate(shards):
+            _fill_one(sh, values)
+            digests.append(pool.submit(_digest, sh.data))
+            nbytes += sh.data.numel() * sh.data.element_size()
+            progress.update(i + 1, nbytes)
+        return [d.result() for d in digests]
+
+
+def _fill_one(sh: ShardedTensor, values: "Values") -> None:
+    lead = sh.prepend_axis_num  # stacked axes: layer, and the global expert index
+    index = tuple(sh.global_offset[:lead])
+    start = _row_slab(sh)
+    if start is not None and values.read_rows_into(sh.key, index, start, sh.data):
+        return
+    full = values.value(sh.key, index)
+    if tuple(full.shape) != tuple(sh.global_shape[lead:]):
+        raise ConversionError(f"{sh.key}: mapped value is {list(full.shape)}, the model "
+                              f"expects {list(sh.global_shape[lead:])}")
+    local = sh.local_shape[len(sh.local_shape) - (len(sh.global_shape) - lead):]
+    region = tuple(slice(o, o + n) for o, n in zip(sh.global_offset[lead:], local))
+    sh.data.copy_(full[region].reshape(sh.data.shape))
 
 
 def shard_name(sh: ShardedTensor) -> str:
     return f"{sh.key}{list(sh.global_offset)}"
 
 
-def fingerprints(tensors: list[torch.Tensor]) -> list[str]:
-    """A hash of each tensor's bytes (hashlib releases the GIL: one thread a core)."""
-    def digest(t: torch.Tensor) -> str:
-        return hashlib.sha1(t.detach().reshape(-1).view(torch.uint8).numpy()).hexdigest()
+def _digest(t: torch.Tensor) -> str:
+    return hashlib.sha1(t.detach().reshape(-1).view(torch.uint8).numpy()).hexdigest()
 
-    with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
-        return list(pool.map(digest, tensors))
+
+def _hash_pool() -> ThreadPoolExecutor:
+    # hashlib and file reads release the GIL: one thread a core
+    return ThreadPoolExecutor(max(1, torch.get_num_threads()))
+
+
+def fingerprints(tensors: list[torch.Tensor]) -> list[str]:
+    """A hash of each tensor's bytes."""
+    with _hash_pool() as pool:
+        return list(pool.map(_digest, tensors))
 
 
 @torch.no_grad()
