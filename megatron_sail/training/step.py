@@ -7,7 +7,7 @@ that of the mean over all loss tokens of the global batch, whatever the layout.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Callable, Optional
 
@@ -35,6 +35,8 @@ def _forward_step(data_iterator, model, before_microbatch: Optional[Callable] = 
     batch: Optional[MicroBatch] = next(data_iterator)
     if batch is None:  # a middle pipeline stage: hidden states come from the previous stage
         return model(None, None), None
+    if not model.module.pre_process:  # only the first stage runs the ViT: move no pixels
+        batch = replace(batch, pixel_values=None, image_grids=None)
     batch = batch.to(comm_device())
     if batch.pixel_values is not None and batch.pixel_values.dtype == torch.uint8:
         batch.pixel_values = normalize_pixels(batch.pixel_values)
