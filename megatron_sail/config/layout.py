@@ -11,7 +11,9 @@ import os
 from dataclasses import dataclass
 
 from megatron_sail.config.loader import ConfigError
-from megatron_sail.config.schema import FREEZABLE, RECOMPUTE, SailConfig
+from megatron_sail.config.schema import (
+    FREEZABLE, IMAGE_DECODERS, RECOMPUTE, VIDEO_BACKENDS, SailConfig,
+)
 
 VOCAB_PAD_MULTIPLE = 128  # independent of TP, so every layout shares one padded vocabulary
 
@@ -281,12 +283,10 @@ def _data_errors(cfg: SailConfig) -> list[str]:
     if data.anyres and cfg.model.vision.patch_size != 14:
         errors.append(f"data.anyres sizes images in 28 px cells (14 px patches, 2x2 merge); "
                       f"model.vision.patch_size is {cfg.model.vision.patch_size}")
-    if data.image_decoder not in ("auto", "pillow", "dali-cpu", "dali-gpu"):
-        errors.append(f"data.image_decoder='{data.image_decoder}' must be auto, pillow, "
-                      f"dali-cpu or dali-gpu")
-    if data.video_backend not in ("auto", "dali-gpu", "dali-cpu", "pyav"):
-        errors.append(f"data.video_backend='{data.video_backend}' must be auto, dali-gpu, "
-                      f"dali-cpu or pyav")
+    for key, value, choices in (("image_decoder", data.image_decoder, IMAGE_DECODERS),
+                                ("video_backend", data.video_backend, VIDEO_BACKENDS)):
+        if value not in choices:
+            errors.append(f"data.{key}='{value}' must be one of {', '.join(choices)}")
     if data.num_workers < 0 or data.prefetch < 1:
         errors.append(f"data.num_workers ({data.num_workers}) must be >= 0 and data.prefetch "
                       f"({data.prefetch}) >= 1")

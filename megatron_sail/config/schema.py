@@ -101,6 +101,11 @@ class CheckpointConfig:
     load: Optional[str] = None  # weights to start from when output_dir has no checkpoint
 
 
+# Choices of data.video_backend / data.image_decoder ("auto" picks per file or per machine).
+VIDEO_BACKENDS = ("auto", "dali-gpu", "dali-cpu", "pyav")
+IMAGE_DECODERS = ("auto", "pillow", "dali-cpu", "dali-gpu")
+
+
 @dataclass
 class DataConfig:
     dataset: str = "synthetic"  # synthetic (built in) | blend (the datasets data.blend names)
@@ -122,9 +127,9 @@ class DataConfig:
     # 28 px, at most anyres_max_tokens LLM tokens each, packed into the ViT without padding.
     anyres: bool = False
     anyres_max_tokens: int = 4096
-    video_backend: str = "auto"  # auto | dali-gpu | dali-cpu | pyav
+    video_backend: str = "auto"  # one of VIDEO_BACKENDS
     # auto: DALI's GPU decoder (nvJPEG) on a GPU machine with DALI installed, else Pillow
-    # (DALI's CPU decoder gives Pillow's pixels, no faster) | pillow | dali-cpu | dali-gpu
+    # (DALI's CPU decoder gives Pillow's pixels, no faster); or one of IMAGE_DECODERS
     image_decoder: str = "auto"
     system_message: Optional[str] = None
     num_workers: int = 2  # decoding processes per rank (0: in the training process)

@@ -16,6 +16,7 @@ from typing import Protocol
 
 import torch
 
+from megatron_sail.config.schema import IMAGE_DECODERS
 from megatron_sail.data.chat import ChatTokenizer
 from megatron_sail.data.conversation import encode_conversation, encoded_length
 from megatron_sail.data.media.errors import MediaError
@@ -24,7 +25,7 @@ from megatron_sail.data.media.tiling import dynamic_tiles, num_tiles
 from megatron_sail.data.records import IMAGE_PLACEHOLDER, USER, VIDEO_PLACEHOLDER, Record
 
 
-IMAGE_DECODERS = ("pillow", "dali-cpu", "dali-gpu")
+DECODERS = tuple(d for d in IMAGE_DECODERS if d != "auto")  # "auto" is resolved by then
 
 
 class SampleErrorKind(str, Enum):
@@ -144,8 +145,8 @@ class SampleEncoder:
                  anyres: bool = False, anyres_max_tokens: int = 4096,
                  anyres_min_tokens: int = 4, patch_size: int = 14,
                  image_decoder: str = "pillow") -> None:
-        if image_decoder not in IMAGE_DECODERS:
-            raise ValueError(f"image_decoder must be one of {IMAGE_DECODERS}, got {image_decoder!r}")
+        if image_decoder not in DECODERS:
+            raise ValueError(f"image_decoder must be one of {DECODERS}, got {image_decoder!r}")
         if num_frames < 1:
             raise ValueError(f"num_frames must be >= 1, got {num_frames}")
         self.tokenizer = tokenizer

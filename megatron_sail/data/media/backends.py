@@ -16,8 +16,10 @@ import functools
 import importlib
 from typing import Literal
 
+from megatron_sail.config.schema import VIDEO_BACKENDS
+
 VideoBackend = Literal["dali-gpu", "dali-cpu", "pyav"]
-BACKEND_CHOICES: tuple[str, ...] = ("auto", "dali-gpu", "dali-cpu", "pyav")
+BACKEND_CHOICES: tuple[str, ...] = VIDEO_BACKENDS
 
 # Codec names as FFmpeg (and PyAV's ``stream.codec_context.name``) spell them.
 DALI_CPU_CODECS = frozenset({"vp8", "vp9", "mjpeg"})
