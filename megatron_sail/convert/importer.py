@@ -31,7 +31,7 @@ class WriteReport:
     processes: int
     peak_rss: int  # bytes, summed over the rank processes
     parameters: int  # parameter shards saved, summed over ranks
-    phases: dict  # seconds of rank 0's fill / save / reload steps
+    phases: dict  # seconds of rank 0's start-up / fill / save / reload steps
 
 
 def write_checkpoint(opened: Opened, out: str | Path, tp: int = 1, pp: int = 1, ep: int = 1,

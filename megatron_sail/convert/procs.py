@@ -34,7 +34,7 @@ def run_ranks(job: str, spec: dict, world_size: int) -> list[dict]:
                            LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world_size),
                            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
                            SAIL_LAUNCHER="convert", CUDA_VISIBLE_DEVICES="",
-                           OMP_NUM_THREADS=threads)
+                           OMP_NUM_THREADS=threads, SAIL_SPAWNED_AT=str(time.time()))
                 cmd = [sys.executable, "-m", "megatron_sail.convert.worker", str(spec_path)]
                 # own process group: stopping a rank also stops the writer processes that
                 # Megatron's checkpoint saving starts

@@ -28,6 +28,8 @@ def _write_job(spec: dict, cfg, layout) -> dict:
     from megatron_sail.convert import megatron_side as ms
     from megatron_sail.convert.sources import PRECISIONS, Values
 
+    # start-up: interpreter, imports, process group (from the launcher's clock)
+    startup = time.time() - float(os.environ.get("SAIL_SPAWNED_AT", time.time()))
     clock = [time.perf_counter()]
     views, shards = ms.standalone_shards(ms.build_meta(cfg, layout))
     values = Values.from_spec(spec["source"], cfg.model, PRECISIONS[cfg.train.precision])
@@ -51,7 +53,7 @@ def _write_job(spec: dict, cfg, layout) -> dict:
     clock.append(time.perf_counter())
     seconds = [b - a for a, b in zip(clock, clock[1:])]
     return {"reload_mismatches": bad, "parameters": len(shards),
-            "seconds": dict(zip(("fill", "save", "reload"), seconds))}
+            "seconds": {"start-up": startup, **dict(zip(("fill", "save", "reload"), seconds))}}
 
 
 def _forward_job(spec: dict, cfg, layout) -> dict:
@@ -126,7 +128,10 @@ def main(argv: list[str]) -> int:
         from megatron_sail.distributed.runtime import shutdown
 
         shutdown()
-    return code
+    # The result is on disk: skip the interpreter's teardown of torch and the job's tensors.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
