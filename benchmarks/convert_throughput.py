@@ -11,6 +11,8 @@ checkpoints start at 3.7 GiB), then times, in the same run and on the same warm 
 and prints throughput ratios (target >= 0.5) and peak memory summed over all processes of
 each command (target <= 1.2 x checkpoint size + 1 GiB).
 
+Each command runs twice: once timed alone, once with its memory sampled (reading a large
+process's PSS costs about 50 ms of CPU, which would slow the timed run on a small machine).
 Memory is the peak, sampled every 20 ms, of the summed proportional set size (PSS) of the
 command's process tree: Megatron's checkpoint writer forks helper processes that share the
 parent's tensors copy-on-write, and summed RSS would count those pages once per process.
@@ -109,6 +111,16 @@ class Run:
     output: str
 
 
+def run_timed(cmd: list[str]) -> tuple[float, str]:
+    os.sync()
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}")
+    return seconds, proc.stdout
+
+
 def run_measured(cmd: list[str]) -> Run:
     os.sync()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -183,10 +195,16 @@ def main() -> int:
         plain = plain_copy(hf, work / "plain")
         plain_sync = plain_copy(hf, work / "plain", fsync=True)
         sail = [sys.executable, "-m", "megatron_sail.cli", "convert"]
-        imp = run_measured(sail + ["import-hf", "--hf", str(hf), "--out", str(work / "ckpt"),
-                                   "--tp", str(ns.tp), "--ep", str(ns.ep)])
-        exp = run_measured(sail + ["export-hf", "--ckpt", str(work / "ckpt"), "--out",
-                                   str(work / "exported")])
+        import_cmd = sail + ["import-hf", "--hf", str(hf), "--out", str(work / "ckpt"),
+                             "--tp", str(ns.tp), "--ep", str(ns.ep)]
+        export_cmd = sail + ["export-hf", "--ckpt", str(work / "ckpt"), "--out",
+                             str(work / "exported")]
+        imp = run_measured(import_cmd)
+        exp = run_measured(export_cmd)
+        shutil.rmtree(work / "exported")
+        exp.seconds, exp.output = run_timed(export_cmd)
+        shutil.rmtree(work / "ckpt")
+        imp.seconds, imp.output = run_timed(import_cmd)
         baseline = min(plain, plain_copy(hf, work / "plain"))
         budget = 1.2 * size + GiB
         print(f"load avg {os.getloadavg()[0]:.1f}; plain safetensors read+write {baseline:.1f} s "
