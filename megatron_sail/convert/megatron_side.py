@@ -145,7 +145,7 @@ def fill(shards: list[ShardedTensor], values: "Values", show_progress: bool) -> 
     unmapped = sorted({sh.key for sh in shards if sh.key not in values.keys()})
     if unmapped:
         raise ConversionError(listing("model tensors that no mapping table covers", unmapped))
-    progress = Progress("fill", len(shards), show_progress)
+    progress = Progress("fill", len(shards), show_progress, shard_bytes(shards))
     nbytes = 0
     with _hash_pool() as pool:
         digests = []
@@ -170,6 +170,10 @@ def _fill_one(sh: ShardedTensor, values: "Values") -> None:
     local = sh.local_shape[len(sh.local_shape) - (len(sh.global_shape) - lead):]
     region = tuple(slice(o, o + n) for o, n in zip(sh.global_offset[lead:], local))
     sh.data.copy_(full[region].reshape(sh.data.shape))
+
+
+def shard_bytes(shards: list[ShardedTensor]) -> int:
+    return sum(sh.data.numel() * sh.data.element_size() for sh in shards)
 
 
 def shard_name(sh: ShardedTensor) -> str:

@@ -26,6 +26,7 @@ def _write_job(spec: dict, cfg, layout) -> dict:
     from megatron_sail.checkpointing.layout_files import iteration_dir
     from megatron_sail.config import config_to_dict
     from megatron_sail.convert import megatron_side as ms
+    from megatron_sail.convert.progress import bytes_read, bytes_under, watch
     from megatron_sail.convert.sources import PRECISIONS, Values
 
     # start-up: interpreter, imports, process group (from the launcher's clock)
@@ -33,8 +34,11 @@ def _write_job(spec: dict, cfg, layout) -> dict:
     clock = [time.perf_counter()]
     views, shards = ms.standalone_shards(ms.build_meta(cfg, layout))
     values = Values.from_spec(spec["source"], cfg.model, PRECISIONS[cfg.train.precision])
-    before = ms.fill(shards, values,
-                     show_progress=torch.distributed.get_rank() == 0 and spec["progress"])
+    show = torch.distributed.get_rank() == 0 and spec["progress"]
+    before = ms.fill(shards, values, show_progress=show)
+    mine = ms.shard_bytes(shards)
+    everyone = torch.tensor([mine], dtype=torch.int64)
+    torch.distributed.all_reduce(everyone)
     clock.append(time.perf_counter())
     common = {"config": config_to_dict(cfg), "converted_from": spec["origin"]}
     if spec.get("hf_config") is not None:
@@ -43,11 +47,13 @@ def _write_job(spec: dict, cfg, layout) -> dict:
               "layout": dataclasses.asdict(layout), "format": "megatron-dist-ckpt/torch_dist",
               "converted_from": spec["origin"]}
     root = Path(spec["root"])
-    save_checkpoint(root, 0, views, None, common, marker)
+    with watch("save", int(everyone), bytes_under(root), show):
+        save_checkpoint(root, 0, views, None, common, marker)
     clock.append(time.perf_counter())
     # Reload-verify at the same layout: every shard this rank wrote must come back bit for bit.
     ms.poison(shards)
-    after = ms.fingerprints(ms.reload(shards, iteration_dir(root, 0)))
+    with watch("reload", mine, bytes_read, show):
+        after = ms.fingerprints(ms.reload(shards, iteration_dir(root, 0)))
     bad = ms.mismatches_everywhere([ms.shard_name(sh) for sh, a, b in zip(shards, before, after)
                                     if a != b])
     clock.append(time.perf_counter())
