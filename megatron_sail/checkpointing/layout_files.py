@@ -20,6 +20,23 @@ def iteration_dir(root: Path, iteration: int) -> Path:
     return Path(root) / f"iter_{iteration:07d}"
 
 
+def fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sync_tree(root: Path) -> None:
+    """Every file under ``root`` on disk, then the directory entries (deepest first). Files a
+    writer already synced cost next to nothing."""
+    for dirpath, _, files in sorted(os.walk(root), key=lambda w: -w[0].count(os.sep)):
+        for name in files:
+            fsync_path(Path(dirpath) / name)
+        fsync_path(Path(dirpath))
+
+
 def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w") as f:
@@ -69,9 +86,11 @@ def publish(tmp_dir: Path, final_dir: Path, iteration: int, marker: dict,
             keep_last: Optional[int]) -> None:
     """Rank 0, after every rank wrote into ``tmp_dir``: mark complete, rename, update latest."""
     write_atomic(tmp_dir / MARKER_FILE, json.dumps(marker, indent=1))
+    sync_tree(tmp_dir)  # Megatron syncs its tensor files, not common.pt or metadata.json
     if final_dir.exists():
         shutil.rmtree(final_dir)
     os.replace(tmp_dir, final_dir)
+    fsync_path(final_dir.parent)
     write_atomic(final_dir.parent / LATEST_FILE, f"{iteration}\n")
     if keep_last:
         done = sorted(p for p in final_dir.parent.glob("iter_*")

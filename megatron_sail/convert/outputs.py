@@ -11,11 +11,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from megatron_sail.checkpointing.layout_files import fsync_path, sync_tree
 from megatron_sail.convert.errors import ConversionError
 
 
 @contextmanager
 def staging_dir(out: str | Path) -> Iterator[Path]:
+    """A hidden directory next to ``out``; on success it is synced to disk and renamed to
+    ``out``, so a crash or a power cut never leaves a partial ``out``."""
     out = Path(out)
     if out.exists():
         raise ConversionError(f"{out}: already exists; remove it or choose another output path")
@@ -25,7 +28,9 @@ def staging_dir(out: str | Path) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
+        sync_tree(tmp)
         os.replace(tmp, out)
+        fsync_path(out.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
