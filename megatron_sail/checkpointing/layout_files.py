@@ -37,6 +37,14 @@ def sync_tree(root: Path) -> None:
         fsync_path(Path(dirpath))
 
 
+def rename_synced(src: Path, dst: Path) -> None:
+    """Put the directory ``src`` in place as ``dst`` durably: its contents on disk first, then
+    the rename, then the parent's entry - a crash or power cut leaves ``dst`` whole or absent."""
+    sync_tree(src)
+    os.replace(src, dst)
+    fsync_path(Path(dst).parent)
+
+
 def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w") as f:
@@ -86,11 +94,9 @@ def publish(tmp_dir: Path, final_dir: Path, iteration: int, marker: dict,
             keep_last: Optional[int]) -> None:
     """Rank 0, after every rank wrote into ``tmp_dir``: mark complete, rename, update latest."""
     write_atomic(tmp_dir / MARKER_FILE, json.dumps(marker, indent=1))
-    sync_tree(tmp_dir)  # Megatron syncs its tensor files, not common.pt or metadata.json
     if final_dir.exists():
         shutil.rmtree(final_dir)
-    os.replace(tmp_dir, final_dir)
-    fsync_path(final_dir.parent)
+    rename_synced(tmp_dir, final_dir)  # Megatron syncs its tensor files, not common.pt
     write_atomic(final_dir.parent / LATEST_FILE, f"{iteration}\n")
     if keep_last:
         done = sorted(p for p in final_dir.parent.glob("iter_*")

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from megatron_sail.checkpointing.layout_files import fsync_path, sync_tree
+from megatron_sail.checkpointing.layout_files import rename_synced
 from megatron_sail.convert.errors import ConversionError
 
 
@@ -28,9 +28,7 @@ def staging_dir(out: str | Path) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
-        sync_tree(tmp)
-        os.replace(tmp, out)
-        fsync_path(out.parent)
+        rename_synced(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
