@@ -111,17 +111,9 @@ class Run:
     output: str
 
 
-def run_timed(cmd: list[str]) -> tuple[float, str]:
-    os.sync()
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}")
-    return seconds, proc.stdout
-
-
-def run_measured(cmd: list[str]) -> Run:
+def run(cmd: list[str], sample_memory: bool) -> Run:
+    """Run ``cmd`` after flushing dirty pages; with ``sample_memory`` a thread samples its
+    process tree's memory meanwhile (which costs CPU: time such runs apart)."""
     os.sync()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     root = psutil.Process(proc.pid)
@@ -150,11 +142,13 @@ def run_measured(cmd: list[str]) -> Run:
 
     thread = threading.Thread(target=sample, daemon=True)
     start = time.perf_counter()
-    thread.start()
+    if sample_memory:
+        thread.start()
     out, _ = proc.communicate()
     seconds = time.perf_counter() - start
     done.set()
-    thread.join()
+    if sample_memory:
+        thread.join()
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{out[-3000:]}")
     return Run(seconds, sampled, sum(peaks.values()), out)
@@ -199,24 +193,25 @@ def main() -> int:
                              "--tp", str(ns.tp), "--ep", str(ns.ep)]
         export_cmd = sail + ["export-hf", "--ckpt", str(work / "ckpt"), "--out",
                              str(work / "exported")]
-        imp = run_measured(import_cmd)
-        exp = run_measured(export_cmd)
+        imp_memory = run(import_cmd, sample_memory=True)
+        exp_memory = run(export_cmd, sample_memory=True)
         shutil.rmtree(work / "exported")
-        exp.seconds, exp.output = run_timed(export_cmd)
+        exp = run(export_cmd, sample_memory=False)
         shutil.rmtree(work / "ckpt")
-        imp.seconds, imp.output = run_timed(import_cmd)
+        imp = run(import_cmd, sample_memory=False)
         baseline = min(plain, plain_copy(hf, work / "plain"))
         budget = 1.2 * size + GiB
         print(f"load avg {os.getloadavg()[0]:.1f}; plain safetensors read+write {baseline:.1f} s "
               f"({size / GiB / baseline:.2f} GiB/s), with fsync {plain_sync:.1f} s")
-        for name, run in (("import-hf", imp), ("export-hf", exp)):
-            ratio = baseline / run.seconds
-            print(f"{name} TP={ns.tp} EP={ns.ep}: {run.seconds:.1f} s, throughput ratio {ratio:.2f} "
-                  f"(target >= 0.5: {'ok' if ratio >= 0.5 else 'MISSED'}; vs fsync'd plain "
-                  f"{plain_sync / run.seconds:.2f}); peak memory {run.pss_peak / GiB:.2f} GiB "
-                  f"summed PSS, target {budget / GiB:.2f} GiB "
-                  f"({'ok' if run.pss_peak <= budget else 'MISSED'}); sum of per-process peak "
-                  f"RSS {run.rss_peak_sum / GiB:.2f} GiB")
+        for name, timed, memory in (("import-hf", imp, imp_memory),
+                                    ("export-hf", exp, exp_memory)):
+            ratio = baseline / timed.seconds
+            print(f"{name} TP={ns.tp} EP={ns.ep}: {timed.seconds:.1f} s, throughput ratio "
+                  f"{ratio:.2f} (target >= 0.5: {'ok' if ratio >= 0.5 else 'MISSED'}; vs fsync'd "
+                  f"plain {plain_sync / timed.seconds:.2f}); peak memory "
+                  f"{memory.pss_peak / GiB:.2f} GiB summed PSS, target {budget / GiB:.2f} GiB "
+                  f"({'ok' if memory.pss_peak <= budget else 'MISSED'}); sum of per-process peak "
+                  f"RSS {memory.rss_peak_sum / GiB:.2f} GiB")
         print("\n".join(line for line in (imp.output + exp.output).splitlines()
                         if line.startswith("wrote")))
     finally:

@@ -124,8 +124,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, reference: Optional[str
 
     with staging_dir(out) as tmp:
         writer = ShardedWriter(tmp, plan, parse_size(max_shard_size))
-        bar = Progress("export", len(plan), progress,
-                       sum(t.nbytes for t in plan))
+        bar = Progress("export", len(plan), progress, sum(t.nbytes for t in plan))
         done = written = 0
         try:
             for batch in batches:

@@ -152,7 +152,7 @@ def fill(shards: list[ShardedTensor], values: "Values", show_progress: bool) -> 
         for i, sh in enumerate(shards):
             _fill_one(sh, values)
             digests.append(pool.submit(_digest, sh.data))
-            nbytes += sh.data.numel() * sh.data.element_size()
+            nbytes += sh.data.nbytes
             progress.update(i + 1, nbytes)
         return [d.result() for d in digests]
 
@@ -173,7 +173,7 @@ def _fill_one(sh: ShardedTensor, values: "Values") -> None:
 
 
 def shard_bytes(shards: list[ShardedTensor]) -> int:
-    return sum(sh.data.numel() * sh.data.element_size() for sh in shards)
+    return sum(sh.data.nbytes for sh in shards)
 
 
 def shard_name(sh: ShardedTensor) -> str:
