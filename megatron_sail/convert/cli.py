@@ -89,12 +89,25 @@ def train_overrides(model) -> list[str]:
     return out
 
 
-def _write(opened, ns, origin: dict) -> int:
-    from megatron_sail.convert.importer import write_checkpoint
+def _write(ns) -> int:
+    from megatron_sail.convert.importer import write_checkpoint, write_world_size
+    from megatron_sail.convert.procs import Ranks
 
-    for note in opened.notes:
-        print(f"note: {note}")
-    report = write_checkpoint(opened, ns.out, ns.tp, ns.pp, ns.ep, origin)
+    # the rank processes start up while this one reads and checks the sources
+    with Ranks(write_world_size(ns.tp, ns.pp, ns.ep)) as ranks:
+        if ns.command == "import-hf":
+            from megatron_sail.convert.sources import open_release
+
+            opened = open_release(ns.hf, ns.dtype)
+            origin = {"kind": "release", "dir": ns.hf}
+        else:
+            from megatron_sail.convert.sources import open_init_from
+
+            opened = open_init_from(ns.vision, ns.llm, ns.dtype, ns.seed, ns.init_std)
+            origin = {"kind": "init_from", "vision": ns.vision, "llm": ns.llm}
+        for note in opened.notes:
+            print(f"note: {note}")
+        report = write_checkpoint(opened, ns.out, ns.tp, ns.pp, ns.ep, origin, ranks=ranks)
     phases = ", ".join(f"{k} {v:.1f} s" for k, v in report.phases.items())
     layout = f"TP {ns.tp} x PP {ns.pp}" + (f" x EP {ns.ep}" if ns.ep > 1 else "")
     print(f"wrote {report.out} ({report.config.train.precision}, {layout}) in "
@@ -130,15 +143,8 @@ def _verify(ns) -> int:
 
 
 def _run(ns) -> int:
-    if ns.command == "import-hf":
-        from megatron_sail.convert.sources import open_release
-
-        return _write(open_release(ns.hf, ns.dtype), ns, {"kind": "release", "dir": ns.hf})
-    if ns.command == "init-from":
-        from megatron_sail.convert.sources import open_init_from
-
-        opened = open_init_from(ns.vision, ns.llm, ns.dtype, ns.seed, ns.init_std)
-        return _write(opened, ns, {"kind": "init_from", "vision": ns.vision, "llm": ns.llm})
+    if ns.command in ("import-hf", "init-from"):
+        return _write(ns)
     return _export(ns) if ns.command == "export-hf" else _verify(ns)
 
 

@@ -12,15 +12,19 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Optional
 
 from megatron_sail.config import ConfigError, SailConfig, config_to_dict
 from megatron_sail.config.layout import resolve_layout
 from megatron_sail.convert.errors import ConversionError, listing
 from megatron_sail.convert.outputs import staging_dir
-from megatron_sail.convert.procs import peak_rss, run_ranks
-from megatron_sail.convert.sources import Opened
+from megatron_sail.convert.procs import Ranks, peak_rss
+
+if TYPE_CHECKING:  # sources imports torch, which the rank processes should not wait for
+    from megatron_sail.convert.sources import Opened
 
 
 @dataclass
@@ -34,27 +38,36 @@ class WriteReport:
     phases: dict  # seconds of rank 0's start-up / fill / save / reload steps
 
 
-def write_checkpoint(opened: Opened, out: str | Path, tp: int = 1, pp: int = 1, ep: int = 1,
-                     origin: dict | None = None, progress: bool = True) -> WriteReport:
+def write_world_size(tp: int, pp: int, ep: int) -> int:
+    """Ranks that write a model at TP x PP x EP. Experts are split over the ranks of one
+    pipeline stage (TP x DP), so EP > TP needs data-parallel replicas: the smallest such
+    world is PP x lcm(TP, EP)."""
+    return pp * math.lcm(tp, ep) if min(tp, pp, ep) >= 1 else tp * pp
+
+
+def write_checkpoint(opened: "Opened", out: str | Path, tp: int = 1, pp: int = 1, ep: int = 1,
+                     origin: dict | None = None, progress: bool = True,
+                     ranks: Optional[Ranks] = None) -> WriteReport:
+    """``ranks``: processes already started for this layout (see ``write_world_size``)."""
     cfg = SailConfig(model=opened.model)
     cfg.train.precision = opened.precision
     par = cfg.parallel
     par.tensor_model_parallel_size, par.pipeline_model_parallel_size = tp, pp
     par.expert_model_parallel_size = ep
-    # Experts are split over the ranks of one pipeline stage (TP x DP), so EP > TP needs
-    # data-parallel replicas: the smallest such world is PP x lcm(TP, EP).
-    world = pp * math.lcm(tp, ep) if min(tp, pp, ep) >= 1 else tp * pp
+    world = write_world_size(tp, pp, ep)
     try:
         layout = resolve_layout(cfg, world)
     except ConfigError as exc:
         raise ConversionError(f"cannot write this model at --tp {tp} --pp {pp} --ep {ep}: "
                               f"{exc}") from None
+    if ranks is not None and ranks.world_size != world:
+        raise ValueError(f"{ranks.world_size} ranks were started for a layout of {world}")
     start = time.perf_counter()
-    with staging_dir(out) as tmp:
+    with staging_dir(out) as tmp, (nullcontext(ranks) if ranks else Ranks(world)) as procs:
         spec = {"config": config_to_dict(cfg), "source": opened.spec, "root": str(tmp),
                 "origin": origin or opened.spec, "hf_config": opened.hf_config,
                 "progress": progress}
-        results = run_ranks("write", spec, layout.world_size)
+        results = procs.run("write", spec)
         bad = results[0]["reload_mismatches"]
         if bad:
             raise ConversionError(listing(f"the checkpoint written at TP={tp} PP={pp} EP={ep} "

@@ -1,8 +1,11 @@
 """Run a conversion job on N fresh rank processes (CPU, gloo) and collect their results.
 
 Each rank is ``python -m megatron_sail.convert.worker``; conversions always run on CPU (the
-GPU paths of Megatron's initialisation are not needed to move weights). The first rank to
-fail stops the others, and its error - not a hang or a traceback of a peer - is raised.
+GPU paths of Megatron's initialisation are not needed to move weights). The ranks start
+before their job is known - importing torch and Megatron costs each about 3 s here, which
+then overlaps the caller's own start-up and input checks - and read the job from stdin. The
+first rank to fail stops the others, and its error - not a hang or a traceback of a peer -
+is raised.
 """
 
 from __future__ import annotations
@@ -20,41 +23,72 @@ from megatron_sail.convert.errors import ConversionError
 from megatron_sail.distributed.runtime import free_port
 
 
-def run_ranks(job: str, spec: dict, world_size: int) -> list[dict]:
-    with tempfile.TemporaryDirectory(prefix="sail-convert-") as tmp:
-        spec_path = Path(tmp) / "spec.json"
-        spec_path.write_text(json.dumps(dict(spec, job=job)))
+class Ranks:
+    """``world_size`` started rank processes that wait for one job. As a context manager it
+    stops whatever is still running on exit (a job that was never sent included)."""
+
+    def __init__(self, world_size: int):
+        self.world_size = world_size
+        self._tmp = tempfile.TemporaryDirectory(prefix="sail-convert-")
         port = free_port()
-        cores = max(1, (os.cpu_count() or 1) // world_size)
+        cores = max(1, (os.cpu_count() or 1) // max(1, world_size))
         threads = os.environ.get("OMP_NUM_THREADS") or str(cores)
-        procs = []
-        try:
-            for rank in range(world_size):
-                env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world_size),
-                           LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world_size),
-                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-                           SAIL_LAUNCHER="convert", CUDA_VISIBLE_DEVICES="",
-                           OMP_NUM_THREADS=threads, SAIL_SPAWNED_AT=str(time.time()))
-                cmd = [sys.executable, "-m", "megatron_sail.convert.worker", str(spec_path)]
-                # own process group: stopping a rank also stops the writer processes that
-                # Megatron's checkpoint saving starts
-                procs.append(subprocess.Popen(cmd, env=env, start_new_session=True))
-            codes = _wait(procs)
-        finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    _kill_group(proc)
+        self._procs: list[subprocess.Popen] = []
+        for rank in range(world_size):
+            env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world_size),
+                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world_size),
+                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                       SAIL_LAUNCHER="convert", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS=threads)
+            cmd = [sys.executable, "-m", "megatron_sail.convert.worker", self._tmp.name]
+            # own process group: stopping a rank also stops the writer processes that
+            # Megatron's checkpoint saving starts
+            self._procs.append(subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE,
+                                                start_new_session=True))
+
+    def run(self, job: str, spec: dict) -> list[dict]:
+        """Send the job to every rank and wait for all of them; their results, by rank."""
+        payload = json.dumps(dict(spec, job=job, sent_at=time.time())).encode()
+        for proc in self._procs:
+            try:
+                proc.stdin.write(payload)
+                proc.stdin.close()
+            except BrokenPipeError:  # it died starting up; its exit code tells
+                pass
+        codes = _wait(self._procs)
         results = []
         for rank, code in enumerate(codes):
-            path = Path(tmp) / f"rank{rank}.json"
+            path = Path(self._tmp.name) / f"rank{rank}.json"
             results.append(json.loads(path.read_text()) if path.is_file()
                            else {"ok": False, "error": f"rank {rank} exited with code {code}"})
-    failed = [r for r in results if not r.get("ok")]
-    if failed:
-        # Prefer a clear error (exit code 2) over the peers' fallout.
-        first = min(failed, key=lambda r: ("Traceback" in r["error"], "exited with" in r["error"]))
-        raise ConversionError(first["error"])
-    return results
+        failed = [r for r in results if not r.get("ok")]
+        if failed:
+            # Prefer a clear error (exit code 2) over the peers' fallout.
+            first = min(failed, key=lambda r: ("Traceback" in r["error"],
+                                               "exited with" in r["error"]))
+            raise ConversionError(first["error"])
+        return results
+
+    def close(self) -> None:
+        for proc in self._procs:
+            if proc.poll() is None:
+                _kill_group(proc)
+            if proc.stdin and not proc.stdin.closed:
+                try:
+                    proc.stdin.close()
+                except BrokenPipeError:
+                    pass
+        self._tmp.cleanup()
+
+    def __enter__(self) -> "Ranks":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def run_ranks(job: str, spec: dict, world_size: int) -> list[dict]:
+    with Ranks(world_size) as ranks:
+        return ranks.run(job, spec)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

@@ -1,8 +1,10 @@
-"""Entry point of one conversion rank: ``python -m megatron_sail.convert.worker SPEC.json``.
+"""Entry point of one conversion rank: ``python -m megatron_sail.convert.worker RESULTS_DIR``.
 
-Started by ``procs.run_ranks`` with torchrun-style environment variables; runs one job on
-the Megatron layout the spec's config describes and leaves ``rank<N>.json`` with its result
-(or its error) next to the spec.
+Started by ``procs.Ranks`` with torchrun-style environment variables, before its job is
+known: it imports what every job needs and joins the process group, then reads the job spec
+from stdin (end of input without one: the caller gave up, exit quietly), runs it on the
+Megatron layout the spec's config describes and leaves ``rank<N>.json`` with its result (or
+its error) in RESULTS_DIR.
 """
 
 from __future__ import annotations
@@ -19,18 +21,19 @@ from pathlib import Path
 def _write_job(spec: dict, cfg, layout) -> dict:
     import dataclasses
     import time
+    from concurrent.futures import ThreadPoolExecutor
 
     import torch
 
     from megatron_sail.checkpointing.dist_ckpt import save_checkpoint
-    from megatron_sail.checkpointing.layout_files import iteration_dir
+    from megatron_sail.checkpointing.layout_files import fsync_deferred, iteration_dir, sync_tree
     from megatron_sail.config import config_to_dict
     from megatron_sail.convert import megatron_side as ms
     from megatron_sail.convert.progress import bytes_read, bytes_under, watch
     from megatron_sail.convert.sources import PRECISIONS, Values
 
-    # start-up: interpreter, imports, process group (from the launcher's clock)
-    startup = time.time() - float(os.environ.get("SAIL_SPAWNED_AT", time.time()))
+    # the part of the ranks' start-up the caller's own work did not hide
+    startup = max(0.0, time.time() - spec["sent_at"])
     clock = [time.perf_counter()]
     views, shards = ms.standalone_shards(ms.build_meta(cfg, layout))
     values = Values.from_spec(spec["source"], cfg.model, PRECISIONS[cfg.train.precision])
@@ -47,19 +50,31 @@ def _write_job(spec: dict, cfg, layout) -> dict:
               "layout": dataclasses.asdict(layout), "format": "megatron-dist-ckpt/torch_dist",
               "converted_from": spec["origin"]}
     root = Path(spec["root"])
-    with watch("save", int(everyone), bytes_under(root), show):
+    # torch.save's zip CRC-32 over every byte (1-3 s per 2.5 GB here) is never checked by
+    # torch.load; the reload below compares a checksum of every shard end to end instead
+    torch.serialization.set_crc32_options(False)
+    with watch("save", int(everyone), bytes_under(root), show), fsync_deferred():
         save_checkpoint(root, 0, views, None, common, marker)
     clock.append(time.perf_counter())
-    # Reload-verify at the same layout: every shard this rank wrote must come back bit for bit.
-    ms.poison(shards)
-    with watch("reload", mine, bytes_read, show):
-        after = ms.fingerprints(ms.reload(shards, iteration_dir(root, 0)))
-    bad = ms.mismatches_everywhere([ms.shard_name(sh) for sh, a, b in zip(shards, before, after)
-                                    if a != b])
+    # The files go to disk while they are reloaded from the page cache; the output is
+    # renamed into place only after this sync (and the parent's, which then finds it done).
+    with ThreadPoolExecutor(1) as pool:
+        synced = pool.submit(sync_tree, root) if torch.distributed.get_rank() == 0 else None
+        # Reload-verify at the same layout: every shard this rank wrote must come back bit
+        # for bit.
+        ms.poison(shards)
+        with watch("reload", mine, bytes_read, show):
+            after = ms.fingerprints(ms.reload(shards, iteration_dir(root, 0)))
+        bad = ms.mismatches_everywhere([ms.shard_name(sh) for sh, a, b
+                                        in zip(shards, before, after) if a != b])
+        clock.append(time.perf_counter())
+        if synced is not None:
+            synced.result()
     clock.append(time.perf_counter())
     seconds = [b - a for a, b in zip(clock, clock[1:])]
     return {"reload_mismatches": bad, "parameters": len(shards),
-            "seconds": {"start-up": startup, **dict(zip(("fill", "save", "reload"), seconds))}}
+            "seconds": {"start-up": startup,
+                        **dict(zip(("fill", "save", "reload", "sync"), seconds))}}
 
 
 def _forward_job(spec: dict, cfg, layout) -> dict:
@@ -93,40 +108,66 @@ def _forward_job(spec: dict, cfg, layout) -> dict:
 JOBS = {"write": _write_job, "forward": _forward_job}
 
 
+def _start_up() -> None:
+    """Imports and process group: everything that does not depend on the job."""
+    from megatron_sail.distributed.cpu_compat import import_megatron
+
+    import_megatron()
+    # Model builds on the meta device reach torch._dynamo (torch imports it lazily, about
+    # 1 s here); importing it now takes it off the job's critical path.
+    import torch._dynamo  # noqa: F401
+    from megatron.core import dist_checkpointing  # noqa: F401
+
+    from megatron_sail.convert import megatron_side  # noqa: F401
+    from megatron_sail.distributed.runtime import detect_env, init_process_group
+
+    init_process_group(detect_env())
+
+
+def _run(spec: dict) -> dict:
+    from megatron_sail.config import config_from_dict
+    from megatron_sail.config.layout import resolve_layout
+    from megatron_sail.distributed.runtime import init_model_parallel
+
+    cfg = config_from_dict(spec["config"])
+    layout = resolve_layout(cfg, int(os.environ["WORLD_SIZE"]))
+    init_model_parallel(layout, cfg.train.seed)
+    return JOBS[spec["job"]](spec, cfg, layout)
+
+
+def _meant_for_the_user(exc: BaseException) -> bool:
+    """A clear error about the input (exit 2), rather than a bug (exit 1, with traceback)."""
+    try:
+        from megatron_sail.checkpointing.layout_files import CheckpointError
+        from megatron_sail.config import ConfigError
+        from megatron_sail.convert.errors import ConversionError
+    except Exception:  # noqa: BLE001 - the package itself failed to import
+        return False
+    return isinstance(exc, (ConversionError, CheckpointError, ConfigError))
+
+
 def main(argv: list[str]) -> int:
     warnings.filterwarnings("ignore", module=r"megatron\..*")
     warnings.filterwarnings("ignore", message=r".*(Apex|Transformer Engine) (is|are) not installed")
     warnings.filterwarnings("ignore", message=r".*use DTensor instead.*", category=FutureWarning)
-    spec_path = Path(argv[0])
-    spec = json.loads(spec_path.read_text())
+    results_dir = Path(argv[0])
     rank = int(os.environ["RANK"])
     result: dict = {}
     code = 0
     try:
-        from megatron_sail.distributed.cpu_compat import import_megatron
-
-        import_megatron()
-        from megatron_sail.checkpointing.layout_files import CheckpointError
-        from megatron_sail.config import ConfigError, config_from_dict
-        from megatron_sail.config.layout import resolve_layout
-        from megatron_sail.convert.errors import ConversionError
-        from megatron_sail.distributed.runtime import (
-            detect_env, init_model_parallel, init_process_group,
-        )
-
-        env = detect_env()
-        init_process_group(env)
-        cfg = config_from_dict(spec["config"])
-        layout = resolve_layout(cfg, env.world_size)
-        init_model_parallel(layout, cfg.train.seed)
-        result = JOBS[spec["job"]](spec, cfg, layout)
+        _start_up()
+        text = sys.stdin.read()
+        if not text:  # no job: the caller stopped before sending one
+            os._exit(0)
+        result = _run(json.loads(text))
         result["ok"] = True
-    except (ConversionError, CheckpointError, ConfigError) as exc:
-        result, code = {"ok": False, "error": str(exc)}, 2
-    except BaseException:  # noqa: BLE001 - reported to the parent, then exit non-zero
-        result, code = {"ok": False, "error": traceback.format_exc()}, 1
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, then exit non-zero
+        if _meant_for_the_user(exc):
+            result, code = {"ok": False, "error": str(exc)}, 2
+        else:
+            result, code = {"ok": False, "error": traceback.format_exc()}, 1
     result["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    out = spec_path.parent / f"rank{rank}.json"
+    out = results_dir / f"rank{rank}.json"
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(result))
     os.replace(tmp, out)  # before shutting down: a failed peer may leave collectives hanging

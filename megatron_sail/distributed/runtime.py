@@ -1,5 +1,9 @@
 """Process-group start-up from whatever launched us: ``sail train --nproc-per-node``,
-torchrun, srun, or a plain single process."""
+torchrun, srun, or a plain single process.
+
+torch is imported where a process group is made, not at module level: launchers use
+``free_port`` and ``detect_env`` before their ranks exist and should not pay for it.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,6 @@ import socket
 import subprocess
 from dataclasses import dataclass
 from datetime import timedelta
-
-import torch
 
 from megatron_sail.config.layout import Layout
 
@@ -83,6 +85,8 @@ def detect_env() -> DistEnv:
 
 def init_process_group(env: DistEnv) -> None:
     """NCCL on GPUs; gloo on CPU with the CUDA-to-CPU layer that Megatron-Core needs there."""
+    import torch
+
     if torch.cuda.is_available():
         # modulo: under srun --gpus-per-task / --gpu-bind each task may see only its own GPU(s)
         torch.cuda.set_device(env.local_rank % torch.cuda.device_count())
@@ -102,6 +106,7 @@ def init_process_group(env: DistEnv) -> None:
 
 
 def init_model_parallel(layout: Layout, seed: int) -> None:
+    import torch
     from megatron.core import parallel_state
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
@@ -119,6 +124,7 @@ def init_model_parallel(layout: Layout, seed: int) -> None:
 
 
 def shutdown() -> None:
+    import torch
     from megatron.core import parallel_state
 
     if torch.distributed.is_initialized():

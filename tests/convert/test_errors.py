@@ -1,5 +1,6 @@
 """Bad input gives one clear error naming every offending tensor or field, before any rank
-process starts; an interrupted conversion leaves no output behind."""
+process is given work (and none is left running); an interrupted conversion leaves no output
+behind."""
 
 from __future__ import annotations
 
@@ -34,10 +35,14 @@ def broken(release_dir: Path, dest: Path, change) -> Path:
 
 
 def import_error(capsys, hf: Path, out: Path, *extra) -> str:
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
     code = cli.main(["import-hf", "--hf", str(hf), "--out", str(out), *extra])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("sail convert import-hf: error:"), err
     assert "Traceback" not in err and not out.exists()
+    # the rank processes started ahead of the job are stopped, not left waiting for it
+    left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+    assert not [p for p in left if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     return err
 
 
