@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
@@ -36,6 +37,36 @@ def sync_tree(root: Path) -> None:
         for name in files:
             fsync_path(Path(dirpath) / name)
         fsync_path(Path(dirpath))
+
+
+class SyncBehind:
+    """Puts a writer's files on disk in a background thread while it goes on writing, so
+    that the disk works from the first bytes on and the sync before publishing finds little
+    left. The writer reports ``wrote(path, nbytes)`` after each write - a sync of ``path``
+    starts whenever ``chunk`` bytes have piled up - and ``closed(path)`` when a file is done;
+    ``wait()`` returns once everything reported is synced (and raises the first error)."""
+
+    def __init__(self, chunk: int = 256 * 2**20):
+        self.chunk = chunk
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="sync-behind")
+        self._unsynced: dict[Path, int] = {}
+        self._syncs: list[Future] = []
+
+    def wrote(self, path: Path, nbytes: int) -> None:
+        self._unsynced[path] = self._unsynced.get(path, 0) + nbytes
+        if self._unsynced[path] >= self.chunk:
+            self.closed(path)
+
+    def closed(self, path: Path) -> None:
+        self._unsynced[path] = 0
+        self._syncs.append(self._pool.submit(fsync_path, path))
+
+    def wait(self) -> None:
+        try:
+            for future in self._syncs:
+                future.result()
+        finally:
+            self._pool.shutdown()
 
 
 @contextmanager

@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import torch
 
-from megatron_sail.checkpointing.layout_files import resolve_checkpoint
+from megatron_sail.checkpointing.layout_files import SyncBehind, resolve_checkpoint
 from megatron_sail.config import SailConfig, config_from_dict
 from megatron_sail.convert import hf_config
 from megatron_sail.convert.dcp_reader import DistCheckpointReader
@@ -122,28 +123,45 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, reference: Optional[str
     dtype = _TORCH_DTYPE.get(reader.dtype("language_model.embedding.word_embeddings.weight"),
                              "float32")
 
-    with staging_dir(out) as tmp:
-        writer = ShardedWriter(tmp, plan, parse_size(max_shard_size))
+    with staging_dir(out) as tmp, ThreadPoolExecutor(1) as writing:
+        # Three stages overlap: the next layer is read and converted while this one is
+        # written, and what is written goes to disk meanwhile.
+        sync = SyncBehind()
+        writer = ShardedWriter(tmp, plan, parse_size(max_shard_size), sync)
         bar = Progress("export", len(plan), progress, sum(t.nbytes for t in plan))
-        done = written = 0
+        counts = {"tensors": 0, "bytes": 0}
+
+        def write(pairs: list[tuple[str, torch.Tensor]]) -> None:
+            for name, value in pairs:
+                writer.write(name, value)
+                counts["tensors"] += 1
+                counts["bytes"] += value.nbytes
+                bar.update(counts["tensors"], counts["bytes"])
+
+        written: Optional[Future] = None
         try:
             for batch in batches:
                 tensors = reader.read([(m.megatron, layer) for m, layer in batch])
-                for (m, layer), tensor in zip(batch, tensors):
-                    for index, part in _per_index(m, layer, tensor):
-                        for name, value in zip(m.export_names(index), m.to_hf(part)):
-                            writer.write(name, value)
-                            done += 1
-                            written += value.numel() * value.element_size()
-                            bar.update(done, written)
+                pairs = [pair for (m, layer), tensor in zip(batch, tensors)
+                         for index, part in _per_index(m, layer, tensor)
+                         for pair in zip(m.export_names(index), m.to_hf(part))]
+                if written is not None:
+                    written.result()  # at most two layers in memory
+                written = writing.submit(write, pairs)
+            if written is not None:
+                written.result()
             writer.finish()
         finally:
+            if written is not None:
+                written.exception()  # let a running write end before closing its file
             writer.abort()
+            sync.wait()
         config = hf_config.release_config(model, dtype, base, keep_auto_map=reference is not None)
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         if reference:
             _copy_reference(Path(reference), tmp)
-    return ExportReport(Path(out), ckpt_dir, len(plan), written, time.perf_counter() - start)
+    return ExportReport(Path(out), ckpt_dir, len(plan), counts["bytes"],
+                        time.perf_counter() - start)
 
 
 def _copy_reference(reference: Path, dest: Path) -> None:

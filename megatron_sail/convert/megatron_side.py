@@ -141,20 +141,24 @@ def standalone_shards(chunks) -> tuple[list[SaveView], list[ShardedTensor]]:
 def fill(shards: list[ShardedTensor], values: "Values", show_progress: bool) -> list[int]:
     """Give every shard its values - read straight into its buffer where its rows are whole
     rows of the HF tensors, otherwise cut from the full value - and return their
-    fingerprints, each computed while the next shard is read."""
+    fingerprints. Shards are filled and fingerprinted on one thread a core."""
     unmapped = sorted({sh.key for sh in shards if sh.key not in values.keys()})
     if unmapped:
         raise ConversionError(listing("model tensors that no mapping table covers", unmapped))
     progress = Progress("fill", len(shards), show_progress, shard_bytes(shards))
+
+    def fill_one(sh: ShardedTensor) -> int:
+        _fill_one(sh, values)
+        return _digest(sh.data)
+
     nbytes = 0
     with _hash_pool() as pool:
         digests = []
-        for i, sh in enumerate(shards):
-            _fill_one(sh, values)
-            digests.append(pool.submit(_digest, sh.data))
+        for i, (sh, digest) in enumerate(zip(shards, pool.map(fill_one, shards))):
+            digests.append(digest)
             nbytes += sh.data.nbytes
             progress.update(i + 1, nbytes)
-        return [d.result() for d in digests]
+        return digests
 
 
 def _fill_one(sh: ShardedTensor, values: "Values") -> None:

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Optional
 
 import torch
 
+from megatron_sail.checkpointing.layout_files import SyncBehind
 from megatron_sail.convert.errors import ConversionError, listing
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -100,6 +103,7 @@ class SafetensorsDir:
         else:
             raise ConversionError(f"{self.directory}: no {SINGLE_FILE} and no {INDEX_FILE}")
         self._files: dict[Path, BinaryIO] = {}
+        self._lock = threading.Lock()
 
     def _from_index(self, index: Path) -> dict[str, TensorInfo]:
         try:
@@ -142,16 +146,20 @@ class SafetensorsDir:
         n = dest.numel() * dest.element_size()
         if byte_offset + n > info.nbytes:
             raise ConversionError(f"{name}: read past the end of the tensor")
-        f = self._file(info.file)
-        f.seek(info.start + byte_offset)
-        if n and f.readinto(dest.view(-1).view(torch.uint8).numpy()) != n:
-            raise ConversionError(f"{info.file}: short read of {name}")
+        buf = memoryview(dest.view(-1).view(torch.uint8).numpy())
+        fd, at, done = self._file(info.file).fileno(), info.start + byte_offset, 0
+        while done < n:  # positioned reads: threads may share the file
+            got = os.preadv(fd, [buf[done:]], at + done)
+            if got == 0:
+                raise ConversionError(f"{info.file}: short read of {name}")
+            done += got
 
     def _file(self, path: Path) -> BinaryIO:
-        f = self._files.get(path)
-        if f is None:
-            f = self._files[path] = open(path, "rb")
-        return f
+        with self._lock:
+            f = self._files.get(path)
+            if f is None:
+                f = self._files[path] = open(path, "rb")
+            return f
 
     def close(self) -> None:
         for f in self._files.values():
@@ -190,9 +198,12 @@ class ShardedWriter:
     header before any data exists; shards are filled in plan order up to ``max_shard_bytes``.
     """
 
-    def __init__(self, directory: Path, plan: list[PlannedTensor], max_shard_bytes: int):
+    def __init__(self, directory: Path, plan: list[PlannedTensor], max_shard_bytes: int,
+                 sync: Optional[SyncBehind] = None):
+        """``sync``: told about every write, to put the files on disk as they grow."""
         self.directory = Path(directory)
         self.plan = plan
+        self._sync = sync
         groups: list[list[PlannedTensor]] = [[]]
         size = 0
         for item in plan:
@@ -228,16 +239,21 @@ class ShardedWriter:
         if tensor.dtype != expected.dtype or tuple(tensor.shape) != expected.shape:
             raise RuntimeError(f"{name}: planned {expected.dtype} {list(expected.shape)}, got "
                                f"{tensor.dtype} {list(tensor.shape)}")
-        file = self._file_of[name]
+        path = self.directory / self.files[self._file_of[name]]
         if self._handle is None:
-            self._handle = open(self.directory / self.files[file], "wb")
-            self._handle.write(self._headers[file])
+            self._handle = open(path, "wb")
+            self._handle.write(self._headers[self._file_of[name]])
         if tensor.numel():
             self._handle.write(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy())
+            if self._sync is not None:
+                self._handle.flush()
+                self._sync.wrote(path, tensor.nbytes)
         self._next += 1
         if name in self._last_of_file:
             self._handle.close()
             self._handle = None
+            if self._sync is not None:
+                self._sync.closed(path)
 
     def finish(self) -> None:
         if self._next != len(self.plan):

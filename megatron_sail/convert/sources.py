@@ -9,6 +9,7 @@ processes re-open the same source from its ``spec`` and call ``Values.value(key,
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -149,11 +150,16 @@ class Values:
         self.init, self.num_layers = init, num_layers
         self.where = {m.megatron: (m, weights) for table, weights in parts for m in table.mappings}
         self._last: tuple = (None, None, None)
+        self._lock = threading.Lock()  # fill runs on several threads
 
     def keys(self) -> set[str]:
         return set(self.where)
 
     def value(self, key: str, index: Index) -> torch.Tensor:
+        with self._lock:
+            return self._value(key, index)
+
+    def _value(self, key: str, index: Index) -> torch.Tensor:
         if self._last[:2] == (key, index):  # gated fc1: one value, two TP pieces
             return self._last[2]
         mapping, weights = self.where[key]
