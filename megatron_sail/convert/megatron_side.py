@@ -13,6 +13,8 @@ random initialisation would cost about a minute per billion parameters on a CPU)
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -104,25 +106,57 @@ class SaveView:
         return self.state
 
 
-def _standalone(state: dict, shards: list[ShardedTensor]) -> dict:
+def _flattened(state: dict) -> dict:
+    """The state dict with every sharded item as its plain sharded tensors (a factory's
+    views, e.g. the [gate_i; up_i] halves, become one entry each)."""
     out = {}
     for name, item in state.items():
         if isinstance(item, dict):
-            out[name] = _standalone(item, shards)
+            out[name] = _flattened(item)
         elif isinstance(item, (ShardedTensor, ShardedTensorFactory)):
-            for i, sh in enumerate(_flatten(item)):
-                if sh.flattened_range is None and is_main_replica(sh.replica_id):
-                    sh = dataclasses.replace(sh, data=torch.empty(sh.data.shape, dtype=sh.dtype))
-                    shards.append(sh)
-                    out[f"{name}.{i}"] = sh
+            out.update({f"{name}.{i}": sh for i, sh in enumerate(_flatten(item))})
         else:  # _extra_state objects and the like, saved as they are
             out[name] = item
     return out
 
 
+def _spread_main_replicas(states: list[dict]) -> None:
+    """Collective: choose which rank saves each replicated shard - Megatron's size-balanced
+    assignment, as its fully parallel save does - instead of always the first replica. A
+    replicated ViT (TP > 1) or the dense part of an MoE model (EP > TP) would otherwise all
+    be filled, saved and verified by one rank while the others wait."""
+    from megatron.core.dist_checkpointing.exchange_utils import (
+        determine_main_replica_uniform_distribution,
+    )
+    from megatron.core.dist_checkpointing.strategies.fully_parallel import (
+        distribute_main_replicas_with_precomputed_distribution,
+    )
+
+    group = torch.distributed.group.WORLD
+    distribution = determine_main_replica_uniform_distribution(states, group)
+    distribute_main_replicas_with_precomputed_distribution(states, group, distribution)
+
+
+def _standalone(state: dict, shards: list[ShardedTensor]) -> dict:
+    out = {}
+    for name, item in state.items():
+        if isinstance(item, dict):
+            out[name] = _standalone(item, shards)
+        elif isinstance(item, ShardedTensor):
+            if item.flattened_range is None and is_main_replica(item.replica_id):
+                sh = dataclasses.replace(item, data=torch.empty(item.data.shape,
+                                                                dtype=item.dtype))
+                shards.append(sh)
+                out[name] = sh
+        else:
+            out[name] = item
+    return out
+
+
 def standalone_shards(chunks) -> tuple[list[SaveView], list[ShardedTensor]]:
-    """What this rank saves, from its meta-device chunks: every main replica with a CPU buffer
-    of its own, the other replicas left out (Megatron writes main replicas only).
+    """Collective: what this rank saves, from its meta-device chunks: the main replicas it
+    was given, each with a CPU buffer of its own, the other replicas left out (Megatron
+    writes main replicas only).
 
     Buffers instead of parameters keep memory at one copy of the checkpoint summed over the
     ranks at any layout: data-parallel replicas (EP > TP) and a ViT replicated over TP are
@@ -131,9 +165,10 @@ def standalone_shards(chunks) -> tuple[list[SaveView], list[ShardedTensor]]:
     """
     from megatron_sail.checkpointing.dist_ckpt import model_sharded_state_dict
 
+    states = [_flattened(model_sharded_state_dict([c])["model"]) for c in chunks]
+    _spread_main_replicas(states)
     shards: list[ShardedTensor] = []
-    views = [SaveView(_standalone(model_sharded_state_dict([c])["model"], shards))
-             for c in chunks]
+    views = [SaveView(_standalone(state, shards)) for state in states]
     return views, shards
 
 
@@ -208,13 +243,45 @@ def poison(shards: list[ShardedTensor]) -> None:
         sh.data.fill_(float("nan"))
 
 
+# Tensors (per layer and expert) above this many bytes are reloaded last, after the rest is
+# released; SAIL_CONVERT_LARGE_TENSOR_BYTES overrides it (tests use it to exercise both
+# passes on tiny models).
+LARGE_TENSOR_BYTES = 256 * 2**20
+
+
+def reload_fingerprints(shards: list[ShardedTensor], ckpt_dir: Path) -> list[int]:
+    """Collective: the fingerprint of each shard as it reloads from ``ckpt_dir``.
+
+    The reader holds a whole stored item besides its destination while it copies, so the
+    largest tensors (embedding, output layer: 0.6 GiB each for a 152k vocabulary) reload in
+    a second pass, after every other shard was checked and its buffer released: the peak is
+    then the checkpoint plus a small item, not plus the largest ones. Which pass a key takes
+    depends only on its global shape, so every rank agrees."""
+    limit = int(os.environ.get("SAIL_CONVERT_LARGE_TENSOR_BYTES", LARGE_TENSOR_BYTES))
+
+    def large(sh: ShardedTensor) -> bool:
+        per_layer = sh.global_shape[sh.prepend_axis_num:]
+        return math.prod(per_layer) * sh.dtype.itemsize > limit
+
+    out: list[Optional[int]] = [None] * len(shards)
+    for second in (False, True):
+        picked = [i for i, sh in enumerate(shards) if large(sh) == second]
+        part = [shards[i] for i in picked]
+        poison(part)
+        for i, fp in zip(picked, fingerprints(reload(part, ckpt_dir))):
+            out[i] = fp
+        for sh in part:  # checked: its buffer is no longer needed
+            sh.data = torch.empty(0, dtype=sh.dtype)
+    return out
+
+
 def reload(shards: list[ShardedTensor], ckpt_dir: Path) -> list[torch.Tensor]:
     """Collective: the shards' values as stored in ``ckpt_dir`` (read into their buffers).
     Megatron checks that every stored region is read exactly once, as a main replica."""
     from megatron.core import dist_checkpointing
 
     state = {"model": {str(i): sh for i, sh in enumerate(shards)}}
-    loaded = dist_checkpointing.load(state, str(ckpt_dir))["model"]
+    loaded = dist_checkpointing.load(state, str(ckpt_dir)).get("model", {})  # none: no entry
     return [loaded[str(i)] for i in range(len(shards))]
 
 

@@ -62,9 +62,8 @@ def _write_job(spec: dict, cfg, layout) -> dict:
         synced = pool.submit(sync_tree, root) if torch.distributed.get_rank() == 0 else None
         # Reload-verify at the same layout: every shard this rank wrote must come back bit
         # for bit.
-        ms.poison(shards)
         with watch("reload", mine, bytes_read, show):
-            after = ms.fingerprints(ms.reload(shards, iteration_dir(root, 0)))
+            after = ms.reload_fingerprints(shards, iteration_dir(root, 0))
         bad = ms.mismatches_everywhere([ms.shard_name(sh) for sh, a, b
                                         in zip(shards, before, after) if a != b])
         clock.append(time.perf_counter())
