@@ -187,7 +187,7 @@ def fill(shards: list[ShardedTensor], values: "Values", show_progress: bool) -> 
         return _digest(sh.data)
 
     nbytes = 0
-    with _hash_pool() as pool:
+    with _per_core_threads() as pool:
         digests = []
         for i, (sh, digest) in enumerate(zip(shards, pool.map(fill_one, shards))):
             digests.append(digest)
@@ -225,19 +225,19 @@ def _digest(t: torch.Tensor) -> int:
     return zlib.crc32(t.detach().reshape(-1).view(torch.uint8).numpy())
 
 
-def _hash_pool() -> ThreadPoolExecutor:
+def _per_core_threads() -> ThreadPoolExecutor:
     # zlib and file reads release the GIL: one thread a core
     return ThreadPoolExecutor(max(1, torch.get_num_threads()))
 
 
-def fingerprints(tensors: list[torch.Tensor]) -> list[int]:
+def _fingerprints(tensors: list[torch.Tensor]) -> list[int]:
     """A checksum of each tensor's bytes."""
-    with _hash_pool() as pool:
+    with _per_core_threads() as pool:
         return list(pool.map(_digest, tensors))
 
 
 @torch.no_grad()
-def poison(shards: list[ShardedTensor]) -> None:
+def _poison(shards: list[ShardedTensor]) -> None:
     """NaN everywhere, so a shard that a reload misses cannot pass the comparison."""
     for sh in shards:
         sh.data.fill_(float("nan"))
@@ -267,15 +267,15 @@ def reload_fingerprints(shards: list[ShardedTensor], ckpt_dir: Path) -> list[int
     for second in (False, True):
         picked = [i for i, sh in enumerate(shards) if large(sh) == second]
         part = [shards[i] for i in picked]
-        poison(part)
-        for i, fp in zip(picked, fingerprints(reload(part, ckpt_dir))):
+        _poison(part)
+        for i, fp in zip(picked, _fingerprints(_reload(part, ckpt_dir))):
             out[i] = fp
         for sh in part:  # checked: its buffer is no longer needed
             sh.data = torch.empty(0, dtype=sh.dtype)
     return out
 
 
-def reload(shards: list[ShardedTensor], ckpt_dir: Path) -> list[torch.Tensor]:
+def _reload(shards: list[ShardedTensor], ckpt_dir: Path) -> list[torch.Tensor]:
     """Collective: the shards' values as stored in ``ckpt_dir`` (read into their buffers).
     Megatron checks that every stored region is read exactly once, as a main replica."""
     from megatron.core import dist_checkpointing

@@ -239,10 +239,11 @@ class ShardedWriter:
         if tensor.dtype != expected.dtype or tuple(tensor.shape) != expected.shape:
             raise RuntimeError(f"{name}: planned {expected.dtype} {list(expected.shape)}, got "
                                f"{tensor.dtype} {list(tensor.shape)}")
-        path = self.directory / self.files[self._file_of[name]]
+        file = self._file_of[name]
+        path = self.directory / self.files[file]
         if self._handle is None:
             self._handle = open(path, "wb")
-            self._handle.write(self._headers[self._file_of[name]])
+            self._handle.write(self._headers[file])
         if tensor.numel():
             self._handle.write(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy())
             if self._sync is not None:
