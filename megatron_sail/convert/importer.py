@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
@@ -48,7 +47,8 @@ def write_world_size(tp: int, pp: int, ep: int) -> int:
 def write_checkpoint(opened: "Opened", out: str | Path, tp: int = 1, pp: int = 1, ep: int = 1,
                      origin: dict | None = None, progress: bool = True,
                      ranks: Optional[Ranks] = None) -> WriteReport:
-    """``ranks``: processes already started for this layout (see ``write_world_size``)."""
+    """``ranks``: processes already started for this layout (see ``write_world_size``); they
+    run this one job and are stopped on return."""
     cfg = SailConfig(model=opened.model)
     cfg.train.precision = opened.precision
     par = cfg.parallel
@@ -63,7 +63,9 @@ def write_checkpoint(opened: "Opened", out: str | Path, tp: int = 1, pp: int = 1
     if ranks is not None and ranks.world_size != world:
         raise ValueError(f"{ranks.world_size} ranks were started for a layout of {world}")
     start = time.perf_counter()
-    with staging_dir(out) as tmp, (nullcontext(ranks) if ranks else Ranks(world)) as procs:
+    # the ranks stop before the staging directory is removed, so an interrupted job cannot
+    # write into it after its removal
+    with staging_dir(out) as tmp, (ranks or Ranks(world)) as procs:
         spec = {"config": config_to_dict(cfg), "source": opened.spec, "root": str(tmp),
                 "origin": origin or opened.spec, "hf_config": opened.hf_config,
                 "progress": progress}

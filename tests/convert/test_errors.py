@@ -199,3 +199,33 @@ def test_interrupted_import_leaves_nothing(release, tmp_path):
     assert not out.exists() and not list(tmp_path.iterdir()), list(tmp_path.iterdir())
     _, alive = psutil.wait_procs(ranks, timeout=10)
     assert not alive  # no rank process left behind
+
+
+def test_ranks_stop_before_the_staging_directory_is_removed(release, tmp_path, monkeypatch):
+    """An interrupted import stops its ranks first: a rank still writing while the staging
+    directory is removed would leave part of it behind."""
+    from megatron_sail.convert import importer, outputs, procs
+    from megatron_sail.convert.sources import open_release
+
+    alive_at_removal = []
+    rmtree = shutil.rmtree
+
+    def recording_rmtree(path, *args, **kwargs):
+        alive_at_removal.append([p.poll() is None for p in started._procs])
+        rmtree(path, *args, **kwargs)
+
+    def interrupted(self, job, spec):  # Ctrl-C while the ranks work
+        raise KeyboardInterrupt
+
+    started = procs.Ranks(1)
+    monkeypatch.setattr(outputs.shutil, "rmtree", recording_rmtree)
+    monkeypatch.setattr(procs.Ranks, "run", interrupted)
+    try:
+        importer.write_checkpoint(open_release(release("fp32"), None), tmp_path / "ckpt",
+                                  ranks=started)
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise AssertionError("the interruption was swallowed")
+    assert alive_at_removal[-1] == [False]
+    assert list(tmp_path.iterdir()) == []
