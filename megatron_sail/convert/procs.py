@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 from megatron_sail.convert.errors import ConversionError
 from megatron_sail.distributed.runtime import free_port
 
@@ -92,11 +94,27 @@ def run_ranks(job: str, spec: dict, world_size: int) -> list[dict]:
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
+    """Stop a rank and the writer processes it forked. Returns once none of them can still
+    create a file: a killed process first finishes the system call it is in."""
+    try:
+        family = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        family = []
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
     proc.wait()
+    deadline = time.monotonic() + 5
+    while any(map(_alive, family)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _wait(procs: list[subprocess.Popen]) -> list[int]:
