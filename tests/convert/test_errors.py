@@ -229,3 +229,24 @@ def test_ranks_stop_before_the_staging_directory_is_removed(release, tmp_path, m
         raise AssertionError("the interruption was swallowed")
     assert alive_at_removal[-1] == [False]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_interrupted_export_leaves_nothing(imported, tmp_path, monkeypatch):
+    """Ctrl-C after the first layers were written: the write in flight ends, its file is
+    closed, and the staging directory goes with it."""
+    from megatron_sail.convert.dcp_reader import DistCheckpointReader
+
+    read, calls, staged = DistCheckpointReader.read, [], []
+
+    def read_then_interrupt(self, requests):
+        calls.append(len(requests))
+        if len(calls) == 4:
+            staged.extend(tmp_path.glob(".hf.partial-*/*.safetensors"))
+            raise KeyboardInterrupt
+        return read(self, requests)
+
+    monkeypatch.setattr(DistCheckpointReader, "read", read_then_interrupt)
+    code = cli.main(["export-hf", "--ckpt", str(imported("fp32")), "--out", str(tmp_path / "hf"),
+                     "--max-shard-size", "20KB"])
+    assert code == 130 and len(calls) == 4 and staged  # part of the export was on disk
+    assert list(tmp_path.iterdir()) == []
