@@ -3,8 +3,6 @@ import starts Megatron rank processes, the slow part of these tests)."""
 
 from __future__ import annotations
 
-import os
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -12,20 +10,6 @@ import torch
 
 from megatron_sail.convert import cli
 from tests.convert.fixtures import write_release
-
-
-@contextmanager
-def patched_env(values: dict[str, str]):
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k)
-            else:
-                os.environ[k] = v
 
 
 @pytest.fixture(scope="session")
@@ -61,8 +45,9 @@ def imported(release, convert_root):
     def get(name: str) -> Path:
         if name not in made:
             out = convert_root / f"ckpt_{name}"
-            env = {"SAIL_CONVERT_LARGE_TENSOR_BYTES": "8192"} if name in ("bf16", "moe") else {}
-            with patched_env(env):
+            with pytest.MonkeyPatch.context() as patch:
+                if name in ("bf16", "moe"):
+                    patch.setenv("SAIL_CONVERT_LARGE_TENSOR_BYTES", "8192")
                 code = cli.main(["import-hf", "--hf", str(release(name)), "--out", str(out),
                                  *layouts[name]])
             assert code == 0, f"import of {name} failed"
