@@ -17,9 +17,10 @@ import yaml
 
 from megatron_sail.config.presets import PRESETS
 from megatron_sail.config.schema import SailConfig
+from megatron_sail.errors import UserError
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration problem the user must fix; the message says what and where."""
 
 

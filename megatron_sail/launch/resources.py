@@ -5,10 +5,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from megatron_sail.errors import UserError
 from megatron_sail.launch.site import SiteProfile
 
 
-class RequestError(ValueError):
+class RequestError(UserError, ValueError):
     """An impossible resource request; the message names the option."""
 
 

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from megatron_sail.errors import check_option_ranges
 from megatron_sail.scaling.flops import PARTS, Conventions, sample_flops
 from megatron_sail.scaling.shapes import preset_names, shape_from_preset
 
@@ -33,6 +34,7 @@ def _fmt(flops: float) -> str:
 
 def main(argv: list[str]) -> int:
     ns = _parser().parse_args(argv)
+    check_option_ranges(ns, positive=("seq_length", "tiles"))
     frozen = tuple(x for x in ns.freeze.split(",") if x)
     try:
         result = sample_flops(shape_from_preset(ns.preset), ns.seq_length, ns.tiles, frozen,

@@ -27,16 +27,15 @@ def main(argv: list[str] | None = None) -> int:
     from megatron_sail.training.signals import record_early_signals
 
     record_early_signals()
-    from megatron_sail.checkpointing.layout_files import CheckpointError
-    from megatron_sail.config import ConfigError
+    from megatron_sail.errors import UserError, report_error
 
     argv = list(sys.argv[1:] if argv is None else argv)
     config_path = argv[0] if argv and "=" not in argv[0] else None
     overrides = argv[1:] if config_path else argv
     try:
         return run_worker(config_path, overrides)
-    except (ConfigError, CheckpointError) as exc:
-        print(f"sail train: error: {exc}", file=sys.stderr, flush=True)
+    except UserError as exc:
+        report_error("train", str(exc))
         return 2
 
 
