@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from megatron_sail.errors import UsageError, UserError, report_error, reports_errors, shown
+from megatron_sail.errors import UsageError, UserError, is_first_rank, report_error, shown
 
 USAGE = """sail train CONFIG.yaml [key=value ...] [--nproc-per-node N]
 sail plot RUN_DIR... [--out FILE.png]
@@ -88,8 +88,10 @@ def cmd_train(args: list[str]) -> int:
 
         return worker_main(worker_args)
     from megatron_sail.distributed.launcher import launch_local
+    from megatron_sail.training.run_lock import hold_run_dir
 
-    return launch_local(nproc, worker_args)
+    with hold_run_dir(cfg.run.output_dir):   # for all local ranks, before any of them starts
+        return launch_local(nproc, worker_args)
 
 
 def cmd_plot(args: list[str]) -> int:
@@ -143,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         report_error(command, str(exc))
         return 2
     except KeyboardInterrupt:
-        if reports_errors():
+        if is_first_rank():
             print(f"sail {command}: interrupted", file=sys.stderr, flush=True)
         return 130
 

@@ -56,12 +56,13 @@ def check_option_ranges(ns: Any, positive: tuple[str, ...] = (),
         raise UsageError("; ".join(problems))
 
 
-def reports_errors() -> bool:
-    """Every rank of a multi-process run meets the same bad input: rank 0 alone reports it."""
+def is_first_rank() -> bool:
+    """Rank 0 of a torchrun/srun/local launch, or a process that no launcher started."""
     return os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0"
 
 
 def report_error(command: str, message: str) -> None:
-    """``sail <command>: error: <message>`` on stderr (rank 0 of a multi-process run only)."""
-    if reports_errors():
+    """``sail <command>: error: <message>`` on stderr. Every rank of a multi-process run meets
+    the same bad input: rank 0 alone reports it."""
+    if is_first_rank():
         print(f"sail {command}: error: {bounded(message)}", file=sys.stderr, flush=True)

@@ -3,24 +3,33 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 
 
 def run_worker(config_path: str | None, overrides: list[str]) -> int:
-    from megatron_sail.distributed.cpu_compat import import_megatron
-
-    import_megatron()
     from megatron_sail.config import load_config
-    from megatron_sail.distributed.runtime import detect_env, shutdown
-    from megatron_sail.training.trainer import Trainer
+    from megatron_sail.errors import is_first_rank
+    from megatron_sail.training.run_lock import hold_run_dir
 
     cfg = load_config(config_path, overrides)
-    trainer = Trainer(cfg, detect_env())
-    try:
-        return trainer.train()
-    finally:
-        trainer.close()
-        shutdown()
+    # The run's owner locks its directory: rank 0, unless `sail train --nproc-per-node` (the
+    # local launcher) already holds it for all of its ranks.
+    owner = os.environ.get("SAIL_LAUNCHER") != "local" and is_first_rank()
+    with hold_run_dir(cfg.run.output_dir) if owner else contextlib.nullcontext():
+        from megatron_sail.distributed.cpu_compat import import_megatron
+
+        import_megatron()
+        from megatron_sail.distributed.runtime import detect_env, shutdown
+        from megatron_sail.training.trainer import Trainer
+
+        trainer = Trainer(cfg, detect_env())
+        try:
+            return trainer.train()
+        finally:
+            trainer.close()
+            shutdown()
 
 
 def main(argv: list[str] | None = None) -> int:
