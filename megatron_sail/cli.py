@@ -148,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         if is_first_rank():
             print(f"sail {command}: interrupted", file=sys.stderr, flush=True)
         return 130
+    except BrokenPipeError:   # `sail ... | head`: the reader has gone, nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":
