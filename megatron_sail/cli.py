@@ -65,8 +65,8 @@ def cmd_train(args: list[str]) -> int:
         from megatron_sail.training.signals import record_early_signals
 
         record_early_signals()
-    from megatron_sail.config import load_config
-    from megatron_sail.config.layout import resolve_layout
+    from megatron_sail.config import ConfigError, load_config
+    from megatron_sail.config.layout import resolve_layout, step_memory_error
     from megatron_sail.distributed.runtime import detect_env, transformer_engine_available
 
     config, overrides, nproc = _split_train_args(args)
@@ -80,7 +80,13 @@ def cmd_train(args: list[str]) -> int:
         world = nproc
     import torch
 
-    resolve_layout(cfg, world, torch.cuda.is_available(), transformer_engine_available())
+    layout = resolve_layout(cfg, world, torch.cuda.is_available(), transformer_engine_available())
+    local = os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("SLURM_NTASKS_PER_NODE") or ""
+    local_ranks = int(local) if local.isdigit() else nproc
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    problem = step_memory_error(cfg, layout, local_ranks, memory)
+    if problem:
+        raise ConfigError(problem)
 
     worker_args = ([config] if config else []) + overrides
     if _externally_launched() or nproc == 1:

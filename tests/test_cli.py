@@ -84,6 +84,8 @@ def test_top_level_help_lists_every_command(capsys):
     (["flops", "--preset", "tiny", "--seq-length", "64", "--tiles", "-3"],
      "--tiles must be > 0, got -3.0"),
     (["train", TINY, "--nproc-per-node", "x" * 5000], "got 'xxxx"),
+    (["train", TINY, "train.global_batch_size=16000000"],   # 2.2 TiB of synthetic samples
+     "train.global_batch_size=16000000: a step builds 16000000 samples"),
 ])
 def test_bad_input_is_one_bounded_line(capsys, args, message):
     code, _, err = run(capsys, *args)

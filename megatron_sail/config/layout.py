@@ -251,3 +251,24 @@ def _data_errors(cfg: SailConfig) -> list[str]:
         errors.append(f"data.min_tiles={data.min_tiles} must not exceed "
                       f"data.max_tiles={data.max_tiles}")
     return errors
+
+
+def step_memory_error(cfg: SailConfig, layout: Layout, local_ranks: int,
+                      memory_bytes: int) -> str | None:
+    """Every micro-batch of a step is built before the step runs, on every rank: refuse a
+    global batch whose certain minimum on this machine (``local_ranks`` ranks; per sample its
+    tokens, labels, mask and positions as int64, and a synthetic sample's one image as fp32
+    pixels) exceeds the machine's memory. A lower bound, so a refusal is never wrong."""
+    image = cfg.data.image_size or cfg.model.vision.image_size
+    per_sample = 4 * 8 * cfg.data.seq_length
+    if cfg.data.dataset == "synthetic":
+        per_sample += 3 * 4 * image * image
+    rows = cfg.train.global_batch_size // layout.dp
+    need = rows * per_sample * local_ranks
+    if need <= memory_bytes:
+        return None
+    gib = 1 << 30
+    return (f"train.global_batch_size={cfg.train.global_batch_size}: a step builds {rows} samples "
+            f"on each of {local_ranks} rank(s) here, at least {need / gib:.1f} GiB "
+            f"({per_sample} bytes per sample), more than this machine's "
+            f"{memory_bytes / gib:.1f} GiB of memory")

@@ -388,3 +388,17 @@ def test_yaml_size_recursion_and_nesting_limits(tmp_path):
     flow = ", ".join(line for line in ALIAS_BOMB.splitlines() if not line.startswith("model"))
     with pytest.raises(ConfigError, match="once aliases are expanded"):
         load_config(None, ["model.freeze={" + flow + "}"])   # an override is YAML too
+
+
+def test_a_global_batch_beyond_memory_is_refused_with_a_lower_bound():
+    from megatron_sail.config.layout import step_memory_error
+
+    cfg = load_config(None, ["train.global_batch_size=4096", "train.micro_batch_size=1"])
+    layout = resolve_layout(cfg, 2)
+    # synthetic: 64 tokens x 4 int64 tensors + one 112 px RGB fp32 image per sample
+    per_sample = 4 * 8 * 64 + 3 * 4 * 112 * 112
+    need = 2048 * per_sample * 2      # 2048 samples on each of the 2 local ranks
+    assert step_memory_error(cfg, layout, 2, need) is None
+    problem = step_memory_error(cfg, layout, 2, need - 1)
+    assert problem.startswith("train.global_batch_size=4096: a step builds 2048 samples on each "
+                              f"of 2 rank(s) here") and f"({per_sample} bytes per sample)" in problem
