@@ -98,11 +98,11 @@ def load_yaml(text: str, origin: str, error: type[Exception] = ConfigError) -> A
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
-        raise ConfigError(f"override {text!r} is not of the form key=value")
+        raise ConfigError(f"override {shown(text)} is not of the form key=value")
     key, raw = text.split("=", 1)
     path = key.strip().split(".")
     if not all(path):
-        raise ConfigError(f"override {text!r} has an empty key part")
+        raise ConfigError(f"override {shown(text)} has an empty key part")
     try:
         value = _load_bounded(raw, f"override {shown(text)}", ConfigError) if raw.strip() else None
     except yaml.YAMLError:
@@ -204,7 +204,7 @@ def value_errors(cfg: SailConfig, origins: dict[str, str] | None = None) -> list
     """Values outside their declared ranges, and the relations a single field cannot state;
     each names where the value came from when ``origins`` knows."""
     origins = origins or {}
-    errors = [(key, text) for key, text in range_errors(cfg)]
+    errors = range_errors(cfg)
     opt = cfg.optimizer
     if opt.min_lr > opt.lr:
         errors.append(("optimizer.min_lr", f"optimizer.min_lr={opt.min_lr:g} must not exceed "
@@ -247,13 +247,14 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> SailConfi
     origins = _leaf_origins(tree, str(path) if path else "defaults")
     for text in overrides:
         key_path, value = parse_override(text)
-        _set_path(tree, key_path, value, f"override {text!r}")
-        origins[".".join(key_path)] = f"override {text!r}"
+        _set_path(tree, key_path, value, f"override {shown(text)}")
+        origins[".".join(key_path)] = f"override {shown(text)}"
         for i in range(1, len(key_path)):
-            origins.setdefault(".".join(key_path[:i]), f"override {text!r}")
+            origins.setdefault(".".join(key_path[:i]), f"override {shown(text)}")
 
     model = tree.get("model")
-    preset_name = model.get("preset", "tiny") if isinstance(model, dict) else "tiny"
+    default = SailConfig().model.preset
+    preset_name = model.get("preset", default) if isinstance(model, dict) else default
     if not isinstance(preset_name, str) or preset_name not in PRESETS:
         where = origins.get("model.preset", "config")
         raise ConfigError(
