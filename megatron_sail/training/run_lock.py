@@ -68,8 +68,12 @@ def acquire(run_dir: str | os.PathLike, requeue_wait_s: float = REQUEUE_WAIT_S) 
     run_dir = Path(run_dir).absolute()
     if run_dir in _held:
         return False
-    run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise UserError(f"{run_dir}: cannot create the run directory's lock file: "
+                        f"{exc.strerror}") from None
     try:
         locked = _try_lock(fd)
         previous = _holder(fd)
