@@ -97,6 +97,12 @@ def test_an_empty_run_directory_cannot_be_plotted(capsys, tmp_path):
     (tmp_path / "metrics.jsonl").write_text("")
     code, _, err = run(capsys, "plot", str(tmp_path))
     assert code == 2 and "no iteration logged yet" in err
+    (tmp_path / "metrics.jsonl").write_text('{"iteration": 1, "loss": 2.0, "lr": 0.1}\nnot json\n')
+    code, _, err = run(capsys, "plot", str(tmp_path))
+    assert code == 2 and f"{tmp_path}/metrics.jsonl:2: not a JSON line" in err
+    (tmp_path / "metrics.jsonl").write_text('{"iteration": 1, "loss": 2.0, "lr": 0.1}\n')
+    code, _, err = run(capsys, "plot", str(tmp_path), "--out", str(tmp_path / "no/such/dir.png"))
+    assert code == 2 and "cannot write the plot" in err
 
 
 def test_ctrl_c_is_one_line_and_130(capsys, monkeypatch):

@@ -52,6 +52,10 @@ def plot_runs(run_dirs: list[str], out: Optional[str] = None) -> Path:
     ax_lr.legend(fontsize=8)
     fig.tight_layout()
     path = Path(out) if out else Path(run_dirs[0]) / "loss.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=110)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot write the plot: {exc.strerror}") from None
+    finally:
+        plt.close(fig)
     return path
