@@ -121,3 +121,13 @@ def test_only_rank_0_reports(capsys, monkeypatch):
     monkeypatch.setenv("RANK", "0")
     code, _, err = run(capsys, "train", TINY, "optimizer.lr=-1")
     assert code == 2 and "optimizer.lr=-1.0 must be >= 0" in err
+
+
+def test_alias_bomb_config_is_refused_by_sail_train(capsys, tmp_path):
+    from tests.unit.test_config import ALIAS_BOMB
+
+    path = tmp_path / "bomb.yaml"
+    path.write_text(ALIAS_BOMB)
+    code, _, err = run(capsys, "train", str(path))
+    assert code == 2 and err == (f"sail train: error: {path}: more than 100000 YAML nodes once "
+                                 "aliases are expanded (an alias bomb?)\n")
