@@ -6,19 +6,27 @@ import argparse
 import os
 import sys
 
+from megatron_sail.errors import UsageError, UserError, is_first_rank, report_error, shown
+
 USAGE = """sail train CONFIG.yaml [key=value ...] [--nproc-per-node N]
-sail plot RUN_DIR [--out FILE.png]
+sail plot RUN_DIR... [--out FILE.png]
+sail convert import-hf | export-hf | init-from | verify ...  (sail convert --help)
+sail forward --ckpt DIR --inputs IN.safetensors --out OUT.safetensors [--tp N] [--pp N]
 sail slurm submit CONFIG.yaml [key=value ...] --nodes N --gpus-per-node G [options] [--dry-run]
 sail slurm sweep SWEEP.yaml --nodes N --gpus-per-node G [options] [--dry-run]
 sail slurm status RUN_DIR
 sail flops --preset NAME --seq-length L [--tiles T] [--freeze ...] [--json]
 sail plan --preset NAME --gpus N [--gpu-mem 80]
 sail scaling sweep SWEEP.yaml | sail scaling fit RUN_DIR...
-sail data check PATH... | sail data prepare JSONL... --out DIR  (JSONL, shard dirs, blends)"""
+sail data check PATH... | sail data prepare JSONL... --out DIR  (JSONL, shard dirs, blends)
+every command answers --help"""
 
+TRAIN_USAGE = """usage: sail train [CONFIG.yaml] [key=value ...] [--nproc-per-node N]
 
-class UsageError(ValueError):
-    pass
+Train (or resume) the run in run.output_dir. CONFIG.yaml and dotted key=value overrides, in any
+order, give the configuration (README: "Configuration"); without CONFIG.yaml the defaults.
+  --nproc-per-node N   local processes (ranks); under torchrun or srun the launcher decides
+  -h, --help           this help"""
 
 
 def _split_train_args(args: list[str]) -> tuple[str | None, list[str], int]:
@@ -31,16 +39,16 @@ def _split_train_args(args: list[str]) -> tuple[str | None, list[str], int]:
             value = arg.split("=", 1)[1] if "=" in arg else (args[i + 1] if i + 1 < len(args) else "")
             i += 0 if "=" in arg else 1
             if not value.isdigit() or int(value) < 1:
-                raise UsageError(f"--nproc-per-node needs a positive integer, got {value!r}")
+                raise UsageError(f"--nproc-per-node needs a positive integer, got {shown(value)}")
             nproc = int(value)
         elif arg.startswith("-"):
-            raise UsageError(f"unknown option {arg!r}")
+            raise UsageError(f"unknown option {shown(arg)}")
         elif "=" in arg:
             overrides.append(arg)
         elif config is None:
             config = arg
         else:
-            raise UsageError(f"a second config file {arg!r} (already have {config!r})")
+            raise UsageError(f"a second config file {shown(arg)} (already have {shown(config)})")
         i += 1
     return config, overrides, nproc
 
@@ -50,31 +58,35 @@ def _externally_launched() -> bool:
 
 
 def cmd_train(args: list[str]) -> int:
+    if any(a in ("-h", "--help") for a in args):
+        print(TRAIN_USAGE)
+        return 0
     if _externally_launched():  # this process is a rank: keep a scheduler's early warning
         from megatron_sail.training.signals import record_early_signals
 
         record_early_signals()
-    from megatron_sail.checkpointing.layout_files import CheckpointError
     from megatron_sail.config import ConfigError, load_config
-    from megatron_sail.config.layout import resolve_layout
+    from megatron_sail.config.layout import resolve_layout, step_memory_error
     from megatron_sail.distributed.runtime import detect_env, transformer_engine_available
 
     config, overrides, nproc = _split_train_args(args)
-    try:
-        cfg = load_config(config, overrides)
-        if _externally_launched():
-            world = detect_env().world_size
-            if nproc > 1:
-                raise UsageError("--nproc-per-node is for local launches; under torchrun/srun "
-                                 "the launcher sets the number of processes")
-        else:
-            world = nproc
-        import torch
+    cfg = load_config(config, overrides)
+    if _externally_launched():
+        world = detect_env().world_size
+        if nproc > 1:
+            raise UsageError("--nproc-per-node is for local launches; under torchrun/srun "
+                             "the launcher sets the number of processes")
+    else:
+        world = nproc
+    import torch
 
-        resolve_layout(cfg, world, torch.cuda.is_available(), transformer_engine_available())
-    except (ConfigError, CheckpointError) as exc:
-        print(f"sail train: error: {exc}", file=sys.stderr)
-        return 2
+    layout = resolve_layout(cfg, world, torch.cuda.is_available(), transformer_engine_available())
+    local = os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("SLURM_NTASKS_PER_NODE") or ""
+    local_ranks = int(local) if local.isdigit() else nproc
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    problem = step_memory_error(cfg, layout, local_ranks, memory)
+    if problem:
+        raise ConfigError(problem)
 
     worker_args = ([config] if config else []) + overrides
     if _externally_launched() or nproc == 1:
@@ -82,8 +94,10 @@ def cmd_train(args: list[str]) -> int:
 
         return worker_main(worker_args)
     from megatron_sail.distributed.launcher import launch_local
+    from megatron_sail.training.run_lock import hold_run_dir
 
-    return launch_local(nproc, worker_args)
+    with hold_run_dir(cfg.run.output_dir):   # for all local ranks, before any of them starts
+        return launch_local(nproc, worker_args)
 
 
 def cmd_plot(args: list[str]) -> int:
@@ -127,11 +141,22 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print(USAGE, file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
+    command = argv[0]
+    if len(argv) > 1 and command in ("convert", "slurm", "scaling", "data") \
+            and not argv[1].startswith("-"):
+        command = f"{command} {argv[1]}"
     try:
         return COMMANDS[argv[0]](argv[1:])
-    except UsageError as exc:
-        print(f"sail {argv[0]}: error: {exc}\nusage: {USAGE}", file=sys.stderr)
+    except UserError as exc:
+        report_error(command, str(exc))
         return 2
+    except KeyboardInterrupt:
+        if is_first_rank():
+            print(f"sail {command}: interrupted", file=sys.stderr, flush=True)
+        return 130
+    except BrokenPipeError:   # `sail ... | head`: the reader has gone, nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -10,11 +10,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
 
+from megatron_sail.errors import UserError
+
 LATEST_FILE = "latest_checkpointed_iteration.txt"
 MARKER_FILE = "sail_checkpoint.json"  # written last: a directory without it is not a checkpoint
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that is missing, incomplete, corrupt or incompatible; names the path."""
 
 

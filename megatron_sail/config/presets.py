@@ -10,18 +10,20 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Optional
 
+from megatron_sail.config.fields import num
+
 
 @dataclass
 class VisionArch:
     """SAIL-ViT (AIMv2-style): conv patchify -> RMSNorm -> learned positions -> blocks."""
 
-    num_layers: int = 24
-    hidden_size: int = 1536
-    num_attention_heads: int = 12
-    ffn_hidden_size: int = 4096
-    patch_size: int = 14
-    image_size: int = 448  # the trained grid of the position embedding: (448 / 14)^2 = 1024
-    norm_eps: float = 1e-5
+    num_layers: int = num(24, ge=1)
+    hidden_size: int = num(1536, ge=1)
+    num_attention_heads: int = num(12, ge=1)
+    ffn_hidden_size: int = num(4096, ge=1)
+    patch_size: int = num(14, ge=1)
+    image_size: int = num(448, ge=1)  # the trained grid of the position embedding: (448 / 14)^2 = 1024
+    norm_eps: float = num(1e-5, gt=0)
     select_layer: int = -1  # -1: last block after the final norm; k: raw output of block k
 
 
@@ -29,8 +31,8 @@ class VisionArch:
 class AdapterArch:
     """Pixel shuffle (2x2 merge, "v2" order) + LayerNorm -> Linear -> GELU -> Linear."""
 
-    downsample_ratio: float = 0.5
-    norm_eps: float = 1e-5
+    downsample_ratio: float = num(0.5, gt=0, le=1)
+    norm_eps: float = num(1e-5, gt=0)
 
 
 @dataclass
@@ -38,20 +40,20 @@ class LLMArch:
     """Qwen3 decoder: dense, or Mixture-of-Experts when ``num_experts`` is set (Qwen3-MoE:
     softmax routing, top-k probabilities renormalised, no shared expert)."""
 
-    num_layers: int = 28
-    hidden_size: int = 2048
-    num_attention_heads: int = 16
-    num_query_groups: int = 8
-    head_dim: int = 128
-    ffn_hidden_size: int = 6144
-    vocab_size: int = 151936
-    rope_theta: float = 1_000_000.0
-    norm_eps: float = 1e-6
+    num_layers: int = num(28, ge=1)
+    hidden_size: int = num(2048, ge=1)
+    num_attention_heads: int = num(16, ge=1)
+    num_query_groups: int = num(8, ge=1)
+    head_dim: int = num(128, ge=1)
+    ffn_hidden_size: int = num(6144, ge=1)
+    vocab_size: int = num(151936, ge=1)
+    rope_theta: float = num(1_000_000.0, gt=0)
+    norm_eps: float = num(1e-6, gt=0)
     tie_word_embeddings: bool = False
-    max_position_embeddings: int = 40960
-    num_experts: Optional[int] = None  # None: dense SwiGLU MLP of ffn_hidden_size
-    moe_router_topk: int = 8
-    moe_ffn_hidden_size: Optional[int] = None  # per-expert SwiGLU width
+    max_position_embeddings: int = num(40960, ge=1)
+    num_experts: Optional[int] = num(None, ge=1)  # None: dense SwiGLU MLP of ffn_hidden_size
+    moe_router_topk: int = num(8, ge=1)
+    moe_ffn_hidden_size: Optional[int] = num(None, ge=1)  # per-expert SwiGLU width
 
     @property
     def is_moe(self) -> bool:

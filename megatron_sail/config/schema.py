@@ -1,14 +1,25 @@
-"""The typed configuration of a run: one dataclass per concern, loaded from YAML."""
+"""The typed configuration of a run: one dataclass per concern, loaded from YAML.
+
+Choices are ``Literal`` types and numeric ranges ``num(default, ge=..)`` fields: the loader
+checks both for every key (config/fields.py); relations between keys are checked in layout.py.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Literal, Optional
 
+from megatron_sail.config.fields import num
 from megatron_sail.config.presets import AdapterArch, LLMArch, VisionArch
 
 FREEZABLE = ("vision", "adapter", "llm")
-RECOMPUTE = (None, "selective", "full")
+# Choices of data.video_backend / data.image_decoder ("auto" picks per file or per machine).
+VIDEO_BACKENDS = ("auto", "dali-gpu", "dali-cpu", "pyav")
+IMAGE_DECODERS = ("auto", "pillow", "dali-cpu", "dali-gpu")
+GPU_KINDS = ("h100", "h100-pcie", "h200")  # the GPUs scaling/hardware.py knows
+MAX_GLOBAL_BATCH = 1 << 24   # samples per step; SAIL-VL2 trains with a few thousand
+MAX_SEQ_LENGTH = 1 << 20
+Recompute = Optional[Literal["selective", "full"]]
 
 
 @dataclass
@@ -18,15 +29,16 @@ class MoEConfig:
     # global_aux_loss: expert load aggregated over the global batch (data-parallel ranks and
     # micro-batches) before the loss, as Qwen3 and SAIL-VL2 do; aux_loss: per micro-batch;
     # seq_aux_loss: per sequence; none.
-    load_balancing: str = "global_aux_loss"
-    aux_loss_coeff: float = 1e-3
-    z_loss_coeff: Optional[float] = None
-    router_score_function: str = "softmax"  # Qwen3; sigmoid for aux-loss-free bias routing
+    load_balancing: Literal["global_aux_loss", "aux_loss", "seq_aux_loss", "none"] = \
+        "global_aux_loss"
+    aux_loss_coeff: float = num(1e-3, ge=0)
+    z_loss_coeff: Optional[float] = num(None, ge=0)
+    router_score_function: Literal["softmax", "sigmoid"] = "softmax"  # Qwen3; sigmoid for aux-loss-free bias routing
     expert_bias: bool = False  # aux-loss-free balancing (sigmoid routing only)
-    expert_bias_update_rate: float = 1e-3
-    token_dispatcher: str = "alltoall"  # alltoall | allgather
+    expert_bias_update_rate: float = num(1e-3, ge=0)
+    token_dispatcher: Literal["alltoall", "allgather"] = "alltoall"
     grouped_gemm: bool = False  # needs TE or the grouped_gemm package on a GPU
-    router_dtype: str = "fp32"  # fp32 | fp64
+    router_dtype: Literal["fp32", "fp64"] = "fp32"
 
 
 @dataclass
@@ -37,79 +49,76 @@ class ModelConfig:
     llm: LLMArch = field(default_factory=LLMArch)
     moe: MoEConfig = field(default_factory=MoEConfig)
     freeze: list[str] = field(default_factory=list)  # any of vision, adapter, llm
-    transformer_impl: str = "local"  # local | transformer_engine (GPU + TE)
+    transformer_impl: Literal["local", "transformer_engine"] = "local"  # local | transformer_engine (GPU + TE)
     # Core attention of the local spec: sdpa (torch's fused scaled-dot-product attention:
     # flash kernels on GPUs) | unfused (Megatron's reference math, [s, s] probabilities).
     # Packed sequences always take the sdpa path.
-    attention: str = "sdpa"
-    fp8: Optional[str] = None  # None | hybrid | e4m3 (needs transformer_engine on a GPU)
-    fp8_recipe: str = "delayed"  # delayed | tensorwise (current scaling)
-    vision_recompute: Optional[str] = None  # None | selective | full
-    llm_recompute: Optional[str] = None  # None | selective | full
-    init_std: float = 0.02
-    img_context_token_id: Optional[int] = None  # None: taken from the tokenizer
+    attention: Literal["sdpa", "unfused"] = "sdpa"
+    fp8: Optional[Literal["hybrid", "e4m3"]] = None  # (needs transformer_engine on a GPU)
+    fp8_recipe: Literal["delayed", "tensorwise"] = "delayed"  # tensorwise: current scaling
+    vision_recompute: Recompute = None
+    llm_recompute: Recompute = None
+    init_std: float = num(0.02, gt=0)
+    img_context_token_id: Optional[int] = num(None, ge=0)  # None: taken from the tokenizer
 
 
 @dataclass
 class ParallelConfig:
-    tensor_model_parallel_size: int = 1
-    pipeline_model_parallel_size: int = 1
-    virtual_pipeline_model_parallel_size: Optional[int] = None
-    expert_model_parallel_size: int = 1
-    expert_tensor_parallel_size: Optional[int] = None  # None: 1 (experts are not TP-split)
+    tensor_model_parallel_size: int = num(1, ge=1)
+    pipeline_model_parallel_size: int = num(1, ge=1)
+    virtual_pipeline_model_parallel_size: Optional[int] = num(None, ge=1)
+    expert_model_parallel_size: int = num(1, ge=1)
+    expert_tensor_parallel_size: Optional[int] = num(None, ge=1)  # None: 1 (experts are not TP-split)
     sequence_parallel: Optional[bool] = None  # None: on whenever TP > 1
     # ViT tensor parallelism: equal to TP, or 1 (replicated ViT on every TP rank).
     # None: TP when it divides the ViT heads, else 1.
-    vision_tensor_parallel_size: Optional[int] = None
+    vision_tensor_parallel_size: Optional[int] = num(None, ge=1)
     # LLM layers on pipeline stage 0 next to the ViT (0 allowed). None: an even split.
-    first_stage_llm_layers: Optional[int] = None
+    first_stage_llm_layers: Optional[int] = num(None, ge=0)
     use_distributed_optimizer: bool = True
 
 
 @dataclass
 class TrainConfig:
-    train_iters: int = 30
-    global_batch_size: int = 8
-    micro_batch_size: int = 2
-    seed: int = 1234
-    log_interval: int = 1
-    exit_interval: Optional[int] = None  # stop (with a checkpoint) after this many iterations
-    eval_interval: Optional[int] = None
-    eval_iters: int = 2
-    precision: str = "fp32"  # fp32 | bf16
-    clip_grad: float = 1.0
+    train_iters: int = num(30, ge=1)
+    global_batch_size: int = num(8, ge=1, le=MAX_GLOBAL_BATCH)
+    micro_batch_size: int = num(2, ge=1, le=MAX_GLOBAL_BATCH)
+    seed: int = num(1234, ge=0, lt=2**32)
+    log_interval: int = num(1, ge=1)
+    exit_interval: Optional[int] = num(None, ge=1)  # stop (with a checkpoint) after this many iterations
+    eval_interval: Optional[int] = num(None, ge=1)
+    eval_iters: int = num(2, ge=1)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    clip_grad: float = num(1.0, ge=0)  # 0: no clipping
 
 
 @dataclass
 class OptimizerConfig:
-    lr: float = 1e-3
-    min_lr: float = 0.0
-    weight_decay: float = 0.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.95
-    adam_eps: float = 1e-8
-    lr_warmup_iters: int = 0
+    lr: float = num(1e-3, ge=0)
+    min_lr: float = num(0.0, ge=0)  # <= lr
+    weight_decay: float = num(0.0, ge=0)
+    adam_beta1: float = num(0.9, ge=0, lt=1)
+    adam_beta2: float = num(0.95, ge=0, lt=1)
+    adam_eps: float = num(1e-8, gt=0)
+    lr_warmup_iters: int = num(0, ge=0)
     # None: train_iters of the first start; fixed from then on (a resumed run keeps it).
-    lr_decay_iters: Optional[int] = None
-    lr_decay_style: str = "cosine"  # cosine | linear | constant
+    lr_decay_iters: Optional[int] = num(None, ge=1)
+    lr_decay_style: Literal["cosine", "linear", "constant"] = "cosine"
 
 
 @dataclass
 class CheckpointConfig:
-    save_interval: Optional[int] = None
-    keep_last: Optional[int] = None  # None keeps every checkpoint
+    save_interval: Optional[int] = num(None, ge=1)
+    keep_last: Optional[int] = num(None, ge=1)  # None keeps every checkpoint
     load: Optional[str] = None  # weights to start from when output_dir has no checkpoint
 
 
-# Choices of data.video_backend / data.image_decoder ("auto" picks per file or per machine).
-VIDEO_BACKENDS = ("auto", "dali-gpu", "dali-cpu", "pyav")
-IMAGE_DECODERS = ("auto", "pillow", "dali-cpu", "dali-gpu")
 
 
 @dataclass
 class DataConfig:
-    dataset: str = "synthetic"  # synthetic (built in) | blend (the datasets data.blend names)
-    seq_length: int = 64
+    dataset: Literal["synthetic", "blend"] = "synthetic"  # synthetic (built in) | blend (the datasets data.blend names)
+    seq_length: int = num(64, ge=1, le=MAX_SEQ_LENGTH)
     # A sentencepiece .model or a Hugging Face tokenizer directory (e.g. the release's);
     # None: train a small sentencepiece model into the run dir (synthetic data only).
     tokenizer: Optional[str] = None
@@ -118,23 +127,23 @@ class DataConfig:
     # Stream packing: global_batch_size counts packed rows of seq_length tokens, and a
     # micro-batch is one row. Without packing each sample is padded to seq_length.
     packing: bool = True
-    packing_buffer: Optional[int] = None  # lookahead in samples; None: 4 x global batch
-    min_tiles: int = 1
-    max_tiles: int = 12  # dynamic tiling: 1..max tiles of image_size px (+ a thumbnail)
+    packing_buffer: Optional[int] = num(None, ge=1)  # lookahead in samples; None: 4 x global batch
+    min_tiles: int = num(1, ge=1)
+    max_tiles: int = num(12, ge=1)  # dynamic tiling: 1..max tiles of image_size px (+ a thumbnail)
     use_thumbnail: bool = True
-    num_frames: int = 16  # uniformly sampled per video, one tile each
+    num_frames: int = num(16, ge=1)  # uniformly sampled per video, one tile each
     # AnyRes (SAIL-ViT-AnyRes): images at about native resolution, sides in multiples of
     # 28 px, at most anyres_max_tokens LLM tokens each, packed into the ViT without padding.
     anyres: bool = False
-    anyres_max_tokens: int = 4096
-    video_backend: str = "auto"  # one of VIDEO_BACKENDS
+    anyres_max_tokens: int = num(4096, ge=1)
+    video_backend: Literal[VIDEO_BACKENDS] = "auto"
     # auto: DALI's GPU decoder (nvJPEG) on a GPU machine with DALI installed, else Pillow
     # (DALI's CPU decoder gives Pillow's pixels, no faster); or one of IMAGE_DECODERS
-    image_decoder: str = "auto"
+    image_decoder: Literal[IMAGE_DECODERS] = "auto"
     system_message: Optional[str] = None
-    num_workers: int = 2  # decoding processes per rank (0: in the training process)
-    prefetch: int = 2  # micro-batches in flight per worker
-    image_size: Optional[int] = None  # None: the ViT's trained image size
+    num_workers: int = num(2, ge=0)  # decoding processes per rank (0: in the training process)
+    prefetch: int = num(2, ge=1)  # micro-batches in flight per worker
+    image_size: Optional[int] = num(None, ge=1)  # None: the ViT's trained image size
 
 
 @dataclass
@@ -147,10 +156,10 @@ class RunConfig:
 class HardwareConfig:
     """What MFU is measured against (metrics: model_tflops_per_device, mfu)."""
 
-    gpu: str = "h100"  # h100 | h100-pcie | h200
+    gpu: Literal[GPU_KINDS] = "h100"
     # Dense TFLOP/s per device; None: the GPU's bf16 peak (fp8 peak with model.fp8).
     # On a CPU, mfu is logged only when this is set.
-    peak_tflops: Optional[float] = None
+    peak_tflops: Optional[float] = num(None, gt=0)
 
 
 @dataclass

@@ -8,6 +8,7 @@ import sys
 
 from megatron_sail.checkpointing.layout_files import CheckpointError
 from megatron_sail.config import ConfigError
+from megatron_sail.errors import report_error
 
 GiB = 2**30
 
@@ -157,7 +158,7 @@ def main(argv: list[str]) -> int:
         with exit_on_sigterm():
             return _run(ns)
     except (ConversionError, CheckpointError, ConfigError) as exc:
-        print(f"sail convert {ns.command}: error: {exc}", file=sys.stderr)
+        report_error(f"convert {ns.command}", str(exc))
         return 2
     except (KeyboardInterrupt, SystemExit) as exc:  # Ctrl-C, or SIGTERM via exit_on_sigterm
         code = exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 130

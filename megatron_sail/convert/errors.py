@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
+from megatron_sail.errors import UserError
 
-class ConversionError(ValueError):
+
+class ConversionError(UserError, ValueError):
     """Bad input (missing/unexpected tensors, shapes, config, dtypes) or a failed check."""
 
 

@@ -7,6 +7,7 @@ import sys
 
 from megatron_sail.checkpointing.layout_files import CheckpointError
 from megatron_sail.config import ConfigError
+from megatron_sail.errors import report_error
 
 
 def main(argv: list[str]) -> int:
@@ -35,7 +36,7 @@ def main(argv: list[str]) -> int:
             r = run_forward(ns.ckpt, ns.inputs, ns.out, ns.tp, ns.pp, ns.img_context_token_id,
                             ns.dtype)
     except (ConversionError, CheckpointError, ConfigError) as exc:
-        print(f"sail forward: error: {exc}", file=sys.stderr)
+        report_error("forward", str(exc))
         return 2
     except (KeyboardInterrupt, SystemExit) as exc:
         code = exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 130

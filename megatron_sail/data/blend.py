@@ -35,13 +35,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from megatron_sail.config.loader import read_yaml
+from megatron_sail.errors import UserError
 
 PERIOD = 10_000  # weight resolution 1e-4
 PERM_CACHE = 2
 _ENTRY_KEYS = {"path", "weight", "root", "name"}
 
 
-class BlendError(ValueError):
+class BlendError(UserError, ValueError):
     pass
 
 

@@ -37,11 +37,12 @@ from megatron_sail.data.packing_plan import (
 from megatron_sail.data.records import RecordError
 from megatron_sail.data.sample_encoder import SampleEncoder, SampleError
 from megatron_sail.data.sources import SampleSource
+from megatron_sail.errors import UserError
 
 MALFORMED = "malformed_record"
 
 
-class DataStateError(ValueError):
+class DataStateError(UserError, ValueError):
     pass
 
 

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 from megatron_sail.data.special_tokens import IM_END, IM_START, IMG_CONTEXT, THINK_END, THINK_START
+from megatron_sail.errors import UserError
 
 IMAGE_PLACEHOLDER = "<image>"
 VIDEO_PLACEHOLDER = "<video>"
@@ -40,7 +41,7 @@ LOSS_MODES = ("all_assistant", "answer_only")
 FORBIDDEN_TEXT = (IMG_CONTEXT, IM_START, IM_END)
 
 
-class RecordError(ValueError):
+class RecordError(UserError, ValueError):
     """A record that cannot be used; ``str()`` is ``source:line: reason``."""
 
     def __init__(self, source: str, line: int | None, reason: str) -> None:

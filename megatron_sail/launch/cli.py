@@ -44,7 +44,7 @@ def _job_parser(prog: str, what: str) -> argparse.ArgumentParser:
 def _options(ns: argparse.Namespace):
     import dataclasses
 
-    from megatron_sail.launch.resources import RequestError, make_request
+    from megatron_sail.launch.resources import RequestError, make_request, slurm_value
     from megatron_sail.launch.site import load_site
     from megatron_sail.launch.submit import JobOptions
 
@@ -57,7 +57,7 @@ def _options(ns: argparse.Namespace):
     request = make_request(ns.nodes, ns.gpus_per_node, ns.ntasks_per_node, site,
                            partition=ns.partition, time=ns.time, account=ns.account,
                            cpus_per_task=ns.cpus_per_task, mem=ns.mem)
-    return JobOptions(request=request, site=site, job_name=ns.job_name,
+    return JobOptions(request=request, site=site, job_name=slurm_value("--job-name", ns.job_name),
                       max_restarts=ns.max_restarts, dry_run=ns.dry_run)
 
 
@@ -92,11 +92,7 @@ COMMANDS = {"submit": cmd_submit, "sweep": cmd_sweep, "status": cmd_status}
 
 
 def main(argv: list[str]) -> int:
-    from megatron_sail.config import ConfigError
-    from megatron_sail.launch.resources import RequestError
-    from megatron_sail.launch.site import SiteError
-    from megatron_sail.launch.slurmctl import SlurmError
-    from megatron_sail.launch.sweep import SweepError
+    from megatron_sail.errors import UserError, report_error
 
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
@@ -106,7 +102,6 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         return COMMANDS[argv[0]](argv[1:])
-    except (ConfigError, RequestError, SiteError, SweepError, SlurmError,
-            FileNotFoundError) as exc:
-        print(f"sail slurm {argv[0]}: error: {exc}", file=sys.stderr)
+    except (UserError, FileNotFoundError) as exc:
+        report_error(f"slurm {argv[0]}", str(exc))
         return 2

@@ -1,5 +1,11 @@
 """Render the batch script from ``slurm/sbatch.sh.tmpl``: the template holds the shell logic,
-this module only the values (#SBATCH lines, which run, environment, launch command)."""
+this module only the values (#SBATCH lines, which run, environment, launch command).
+
+Nothing a user typed or a site file holds reaches the script unchecked: ``#SBATCH`` values
+follow SLURM's syntax for their option (never a control character: a newline would start a
+command), everything in shell context is ``shlex.quote``d, and site ``env`` values may refer
+to variables (``$VAR``, ``${VAR}``) but never substitute commands.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +15,37 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from megatron_sail.launch.resources import JobRequest
+from megatron_sail.errors import shown
+from megatron_sail.launch.resources import SYNTAX, JobRequest, slurm_value
 from megatron_sail.launch.site import SLURM_DIR, SiteError, SiteProfile
 
 TEMPLATE = SLURM_DIR / "sbatch.sh.tmpl"
 REPO_ROOT = SLURM_DIR.parent
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_OPTION_NAME = re.compile(r"[a-z][a-z0-9-]*")
+# $NAME and ${NAME} expand on the node; any other $ (e.g. $(...), ${x:-$(...)}) is refused.
+_ENV_VALUE = re.compile(r"([^$`\\]|\$[A-Za-z_][A-Za-z0-9_]*|\$\{[A-Za-z_][A-Za-z0-9_]*(:-[^$`\\{}]*)?\})*")
+
+
+def one_line(what: str, value: object) -> str:
+    """``str(value)`` when it has no control character (a newline would start a command)."""
+    text = str(value)
+    if _CONTROL.search(text):
+        raise SiteError(f"{what} {shown(text)} contains a newline or control character")
+    return text
+
+
+def _directive_value(name: str, value: object) -> str:
+    """An #SBATCH value: SLURM's syntax for the options it has one for; any other value on one
+    line, double-quoted (sbatch strips the quotes) when it holds spaces."""
+    if f"--{name}" in SYNTAX:
+        return slurm_value(f"--{name}", str(value))
+    text = one_line(f"#SBATCH --{name}", value)
+    if '"' in text:
+        raise SiteError(f"#SBATCH --{name} {shown(text)} contains a double quote")
+    return f'"{text}"' if re.search(r"\s", text) else text
 
 
 @dataclass(frozen=True)
@@ -73,6 +103,8 @@ def _directives(spec: ScriptSpec) -> list[str]:
         opts["array"] = f"0-{len(spec.runs) - 1}{throttle}"
     for name, value in site.sbatch.items():
         name = str(name).lstrip("-")
+        if not _OPTION_NAME.fullmatch(name):
+            raise SiteError(f"site sbatch option {shown(name)} is not an option name")
         if name in opts:
             raise SiteError(f"site sbatch option '{name}' is set by sail slurm itself; "
                             "use the command-line option instead")
@@ -81,7 +113,8 @@ def _directives(spec: ScriptSpec) -> list[str]:
     for name, value in opts.items():
         if value is None or value is False:
             continue
-        lines.append(f"#SBATCH --{name}" if value is True else f"#SBATCH --{name}={value}")
+        lines.append(f"#SBATCH --{name}" if value is True
+                     else f"#SBATCH --{name}={_directive_value(name, value)}")
     return lines
 
 
@@ -102,7 +135,11 @@ def _env_exports(site: SiteProfile) -> str:
     lines = []
     for name, value in site.env.items():
         if not _ENV_NAME.match(name):
-            raise SiteError(f"site env: {name!r} is not a variable name")
+            raise SiteError(f"site env: {shown(name)} is not a variable name")
+        one_line(f"site env {name}:", value)
+        if not _ENV_VALUE.fullmatch(value):
+            raise SiteError(f"site env {name}: {shown(value)} may refer to variables ($VAR, "
+                            "${VAR}, ${VAR:-default}) but not run commands or escape quotes")
         quoted = value.replace("\\", "\\\\").replace('"', '\\"').replace("`", "\\`")
         lines.append(f'export {name}="{quoted}"')   # $VAR references expand on the node
     return "\n".join(lines)
@@ -111,6 +148,10 @@ def _env_exports(site: SiteProfile) -> str:
 def _container_args(spec: ScriptSpec) -> list[str]:
     container = spec.site.container
     shared = [REPO_ROOT, spec.workdir, *{run.run_dir.parent for run in spec.runs}]
+    for path in shared:
+        if re.search(r"[,:]", str(path)):   # the separators of --container-mounts
+            raise SiteError(f"{shown(str(path))}: a directory with ',' or ':' in its path "
+                            "cannot be mounted into the container")
     mounts = list(dict.fromkeys(f"{p}:{p}" for p in shared)) + list(container.mounts)
     return [f"--container-image={container.image}", f"--container-mounts={','.join(mounts)}",
             f"--container-workdir={spec.workdir}"]
@@ -118,6 +159,8 @@ def _container_args(spec: ScriptSpec) -> list[str]:
 
 def render_script(spec: ScriptSpec) -> str:
     site = spec.site
+    for line in site.setup:   # shell commands by design (module load ...), one per line
+        one_line("site setup line", line)
     srun_args = list(site.srun_args)
     if site.container.image:
         srun_args += _container_args(spec)
@@ -139,6 +182,6 @@ def render_script(spec: ScriptSpec) -> str:
         "max_restarts": str(restarts),
         "setup": "\n".join(setup),
         "env_exports": _env_exports(site),
-        "srun_args": "".join(f" {shlex.quote(a)}" for a in srun_args),
-        "python": python,
+        "srun_args": "".join(f" {shlex.quote(one_line('srun argument', a))}" for a in srun_args),
+        "python": one_line("python interpreter", python),
     })

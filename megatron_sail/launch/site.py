@@ -9,13 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from megatron_sail.config.loader import read_yaml
+from megatron_sail.errors import UserError
 
 SLURM_DIR = Path(__file__).resolve().parents[2] / "slurm"  # templates + default profile
 DEFAULT_PROFILE = SLURM_DIR / "site.yaml"
 SITE_ENV_VAR = "SAIL_SLURM_SITE"
 
 
-class SiteError(ValueError):
+class SiteError(UserError, ValueError):
     """A site profile the user must fix; names the file and key."""
 
 

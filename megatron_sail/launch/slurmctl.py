@@ -8,12 +8,14 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
+from megatron_sail.errors import UserError
+
 _SUBMITTED = re.compile(r"^Submitted batch job (\d+)", re.M)
 ACTIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD",
                  "REQUEUE_FED", "RESIZING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT"}
 
 
-class SlurmError(RuntimeError):
+class SlurmError(UserError, RuntimeError):
     """A SLURM client command failed; carries its message."""
 
 

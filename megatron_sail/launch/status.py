@@ -7,9 +7,9 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import yaml
 
 from megatron_sail.checkpointing.layout_files import LATEST_FILE
+from megatron_sail.config.loader import read_yaml
 from megatron_sail.launch import slurmctl
 from megatron_sail.launch.submit import SUBMISSION, SWEEP_RECORD
 
@@ -70,7 +70,7 @@ def _last_metrics(run_dir: Path) -> tuple[dict | None, float | None]:
 def _train_iters(run_dir: Path, submission: dict) -> int | None:
     config = run_dir / "slurm" / "config.yaml"
     if config.is_file():
-        tree = yaml.safe_load(config.read_text()) or {}
+        tree = read_yaml(config)
         return (tree.get("train") or {}).get("train_iters")
     return submission.get("train_iters")
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +67,11 @@ def resolve(config: str | Path | None, overrides: list[str], request: JobRequest
     return Run(cfg=cfg, run_dir=run_dir)
 
 
+def default_job_name(name: str) -> str:
+    """``sail-<name>`` in the characters every SLURM job name may hold."""
+    return "sail-" + re.sub(r"[^A-Za-z0-9_.+-]+", "-", name)[:100]
+
+
 def _refuse_if_active(record: Path) -> None:
     """Two jobs writing one run directory would corrupt its checkpoints."""
     if not record.is_file():
@@ -100,7 +106,7 @@ def _submission(opts: JobOptions, job_name: str, script: Path, cfg: SailConfig) 
 
 def submit_run(config: str | Path, overrides: list[str], opts: JobOptions) -> int:
     run = resolve(config, overrides, opts.request)
-    job_name = opts.job_name or f"sail-{run.run_dir.name}"
+    job_name = opts.job_name or default_job_name(run.run_dir.name)
     spec = ScriptSpec(command="submit", job_name=job_name, request=opts.request, site=opts.site,
                       runs=[RunSpec(run.run_dir, run.cfg.train.train_iters)],
                       workdir=Path.cwd(), log=str(run.run_dir / "slurm/logs/%x-%j.out"),
@@ -150,7 +156,7 @@ def resolve_sweep(sweep: Sweep, overrides: list[str], request: JobRequest) -> tu
 
 def submit_sweep(sweep: Sweep, overrides: list[str], opts: JobOptions) -> int:
     root, runs = resolve_sweep(sweep, overrides, opts.request)
-    job_name = opts.job_name or f"sail-sweep-{sweep.path.stem}"
+    job_name = opts.job_name or default_job_name(f"sweep-{sweep.path.stem}")
     spec = ScriptSpec(command="sweep", job_name=job_name, request=opts.request, site=opts.site,
                       runs=[RunSpec(r.run_dir, r.cfg.train.train_iters) for r in runs],
                       workdir=Path.cwd(), log=str(root / "logs/%x-%A_%a.out"), python=opts.python,

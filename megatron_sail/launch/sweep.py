@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from megatron_sail.config.loader import read_yaml
+from megatron_sail.errors import UserError
 
 KNOWN_KEYS = {"config", "overrides", "grid", "list", "max_parallel"}
 
 
-class SweepError(ValueError):
+class SweepError(UserError, ValueError):
     """A malformed sweep file; names the file and the problem."""
 
 

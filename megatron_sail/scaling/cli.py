@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from megatron_sail.errors import report_error
+
 USAGE = """sail scaling sweep SWEEP.yaml [key=value ...] [--jobs J] [--nproc-per-node N] [--dry-run]
 sail scaling fit RUN_DIR [RUN_DIR ...] [--out DIR] [--tail K] [--skip-fraction F] [--window W]"""
 
@@ -28,7 +30,7 @@ def cmd_sweep(args: list[str]) -> int:
         return run_local(load_sweep(ns.file), ns.overrides, max(1, ns.jobs),
                          max(1, ns.nproc_per_node), ns.dry_run)
     except (SweepError, ConfigError) as exc:
-        print(f"sail scaling sweep: error: {exc}", file=sys.stderr)
+        report_error("scaling sweep", str(exc))
         return 2
 
 
@@ -56,7 +58,7 @@ def cmd_fit(args: list[str]) -> int:
         runs = [load_run(d, ns.tail) for d in dirs]
         fit = fit_study(runs, ns.skip_fraction, ns.window)
     except (FileNotFoundError, ValueError) as exc:
-        print(f"sail scaling fit: error: {exc}", file=sys.stderr)
+        report_error("scaling fit", str(exc))
         return 2
     out = Path(ns.out) if ns.out else Path(dirs[0]).absolute().parent / "fit"
     paths = write(fit, out)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
+from megatron_sail.errors import check_option_ranges, report_error
 from megatron_sail.scaling.flops import PARTS, Conventions, sample_flops
 from megatron_sail.scaling.shapes import preset_names, shape_from_preset
 
@@ -33,12 +33,13 @@ def _fmt(flops: float) -> str:
 
 def main(argv: list[str]) -> int:
     ns = _parser().parse_args(argv)
+    check_option_ranges(ns, positive=("seq_length", "tiles"))
     frozen = tuple(x for x in ns.freeze.split(",") if x)
     try:
         result = sample_flops(shape_from_preset(ns.preset), ns.seq_length, ns.tiles, frozen,
                               Conventions(causal_halved=ns.causal_attention == "halved"))
     except ValueError as exc:
-        print(f"sail flops: error: {exc}", file=sys.stderr)
+        report_error("flops", str(exc))
         return 2
     if ns.json:
         print(json.dumps({"preset": ns.preset, **result.as_dict()}, indent=2))

@@ -7,6 +7,7 @@ import json
 import sys
 from dataclasses import asdict
 
+from megatron_sail.errors import check_option_ranges
 from megatron_sail.scaling.hardware import GPUS
 from megatron_sail.scaling.memory import GIB, Workload
 from megatron_sail.scaling.planner import plan
@@ -51,6 +52,9 @@ def _gib(x: float) -> str:
 
 def main(argv: list[str]) -> int:
     ns = _parser().parse_args(argv)
+    check_option_ranges(ns, positive=("gpus", "gpu_mem", "seq_length", "tiles", "micro_batch",
+                                      "global_batch", "max_tp", "top"),
+                        non_negative=("reserve",))
     if ns.gpu_mem is None:
         ns.gpu_mem = GPUS[ns.gpu].memory_gib
     try:

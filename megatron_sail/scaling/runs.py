@@ -12,9 +12,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 
 from megatron_sail.config import config_from_dict
+from megatron_sail.config.loader import read_yaml
 from megatron_sail.scaling.flops import train_flops_per_iteration
 from megatron_sail.scaling.memory import count_params
 from megatron_sail.scaling.shapes import shape_from_config
@@ -54,7 +54,7 @@ def load_run(run_dir: str | Path, tail: int = 3) -> RunPoint:
     for path in (config, metrics):
         if not path.is_file():
             raise FileNotFoundError(f"{path}: missing (is {run_dir} a finished run directory?)")
-    cfg = config_from_dict(yaml.safe_load(config.read_text()))
+    cfg = config_from_dict(read_yaml(config))
     records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     records = [r for r in records if "loss" in r]
     if not records:

@@ -45,11 +45,22 @@ def build_optimizer(cfg: SailConfig, ddp_chunks):
     )
 
 
-def build_scheduler(cfg: SailConfig, optimizer, lr_decay_iters: int) -> OptimizerParamScheduler:
-    """Lengths are explicit iteration counts, so raising train_iters later keeps the curve."""
+def build_scheduler(cfg: SailConfig, optimizer, lr_decay_iters: int,
+                    resumed_steps: int = 0) -> OptimizerParamScheduler:
+    """Lengths are explicit iteration counts, so raising train_iters later keeps the curve.
+
+    On resume the schedule is the one the current config describes, advanced to the saved
+    step: changed optimizer.lr / min_lr / warm-up / decay keys take effect from the resumed
+    iteration exactly as a fresh run with them would have them there. Megatron's own
+    ``load_state_dict`` would instead keep the checkpoint's values (or mix both), so the
+    saved scheduler state contributes only its step count; and the peak and floor that the
+    optimizer's parameter groups carry (restored from the checkpoint with its state) are
+    the config's again."""
     opt = cfg.optimizer
+    for group in optimizer.param_groups:
+        group["max_lr"], group["min_lr"] = opt.lr, opt.min_lr
     warmup = min(opt.lr_warmup_iters, lr_decay_iters)
-    return OptimizerParamScheduler(
+    scheduler = OptimizerParamScheduler(
         optimizer,
         init_lr=0.0 if warmup else opt.lr,
         max_lr=opt.lr,
@@ -61,6 +72,21 @@ def build_scheduler(cfg: SailConfig, optimizer, lr_decay_iters: int) -> Optimize
         end_wd=opt.weight_decay,
         wd_incr_steps=lr_decay_iters,
         wd_incr_style="constant",
-        use_checkpoint_opt_param_scheduler=True,
-        override_opt_param_scheduler=False,
+        use_checkpoint_opt_param_scheduler=False,
+        override_opt_param_scheduler=True,
     )
+    scheduler.step(increment=resumed_steps)
+    return scheduler
+
+
+# Keys whose change on resume is refused: Adam's saved moments were accumulated with them.
+FIXED_ON_RESUME = ("adam_beta1", "adam_beta2", "adam_eps")
+
+
+def resume_conflicts(stored: dict, cfg: SailConfig) -> list[str]:
+    """The optimizer keys a resumed run cannot change, with both values."""
+    saved = stored.get("optimizer", {})
+    return [f"optimizer.{key} is {saved[key]!r} in the checkpoint but "
+            f"{getattr(cfg.optimizer, key)!r} now (Adam's saved moments were accumulated with "
+            "it; set it back, or start a new run.output_dir)"
+            for key in FIXED_ON_RESUME if key in saved and saved[key] != getattr(cfg.optimizer, key)]

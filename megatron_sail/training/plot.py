@@ -6,12 +6,27 @@ import json
 from pathlib import Path
 from typing import Optional
 
+from megatron_sail.errors import UserError
+
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no metrics (is {run_dir} a run directory?)")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        raise UserError(f"{path}: no metrics (is {run_dir} a run directory?)")
+    records = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}:{number}: not a JSON line ({exc.msg})") from None
+        if not isinstance(record, dict) or not {"iteration", "loss", "lr"} <= set(record):
+            raise UserError(f"{path}:{number}: not a training record (iteration, loss, lr)")
+        records.append(record)
+    if not records:
+        raise UserError(f"{path}: no iteration logged yet")
+    return records
 
 
 def plot_runs(run_dirs: list[str], out: Optional[str] = None) -> Path:
@@ -37,6 +52,10 @@ def plot_runs(run_dirs: list[str], out: Optional[str] = None) -> Path:
     ax_lr.legend(fontsize=8)
     fig.tight_layout()
     path = Path(out) if out else Path(run_dirs[0]) / "loss.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=110)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot write the plot: {exc.strerror}") from None
+    finally:
+        plt.close(fig)
     return path

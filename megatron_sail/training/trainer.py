@@ -28,7 +28,9 @@ from megatron_sail.models.builder import build_model
 from megatron_sail.training.metrics import MetricsWriter, Progress, truncate_after
 from megatron_sail.training.moe_metrics import RoutingStats
 from megatron_sail.scaling.mfu import ThroughputMeter
-from megatron_sail.training.optimizer import build_optimizer, build_scheduler, wrap_ddp
+from megatron_sail.training.optimizer import (
+    build_optimizer, build_scheduler, resume_conflicts, wrap_ddp,
+)
 from megatron_sail.training.signals import StopRequest
 from megatron_sail.training.step import run_step
 
@@ -67,7 +69,11 @@ def _tokenizer(cfg: SailConfig, output_dir: Path):
 
 
 def _check_compatible(stored: dict, cfg: SailConfig, ckpt: Path) -> None:
-    """Architecture must match; parallel layout, batch sizes and lengths may change."""
+    """Architecture and Adam's constants must match; parallel layout, batch sizes, lengths
+    and the LR schedule may change (see build_scheduler)."""
+    conflicts = resume_conflicts(stored, cfg)
+    if conflicts:
+        raise CheckpointError(f"{ckpt}: cannot resume with " + "; ".join(conflicts))
     current = config_to_dict(cfg)["model"]
     for part in ("vision", "adapter", "llm"):
         for key, value in stored["model"][part].items():
@@ -132,10 +138,11 @@ class Trainer:
 
         self.state = TrainState(lr_decay_iters=_lr_decay_iters(cfg))
         common = self._resume_or_init()
-        self.scheduler = build_scheduler(cfg, self.optimizer, self.state.lr_decay_iters)
-        if common.get("scheduler"):
-            self.scheduler.load_state_dict(common["scheduler"])
-        cfg.optimizer.lr_decay_iters = self.state.lr_decay_iters
+        if cfg.optimizer.lr_decay_iters is not None:  # explicit: wins over the first start's
+            self.state.lr_decay_iters = _lr_decay_iters(cfg)
+        self.scheduler = build_scheduler(cfg, self.optimizer, self.state.lr_decay_iters,
+                                         common.get("scheduler", {}).get("num_steps", 0))
+        cfg.optimizer.lr_decay_iters = self.state.lr_decay_iters  # config.yaml: what runs
 
         dp_rank = parallel_state.get_data_parallel_rank()
         train = cfg.train
@@ -334,6 +341,10 @@ class Trainer:
             self.data.close()
         if self.metrics:
             self.metrics.close()
+            from megatron_sail.errors import UserError
             from megatron_sail.training.plot import plot_runs
 
-            print(f"loss curves: {plot_runs([str(self.output_dir)])}", flush=True)
+            try:
+                print(f"loss curves: {plot_runs([str(self.output_dir)])}", flush=True)
+            except UserError:   # stopped before the first logged iteration: nothing to plot
+                pass

@@ -3,40 +3,48 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 
 
 def run_worker(config_path: str | None, overrides: list[str]) -> int:
-    from megatron_sail.distributed.cpu_compat import import_megatron
-
-    import_megatron()
     from megatron_sail.config import load_config
-    from megatron_sail.distributed.runtime import detect_env, shutdown
-    from megatron_sail.training.trainer import Trainer
+    from megatron_sail.errors import is_first_rank
+    from megatron_sail.training.run_lock import hold_run_dir
 
     cfg = load_config(config_path, overrides)
-    trainer = Trainer(cfg, detect_env())
-    try:
-        return trainer.train()
-    finally:
-        trainer.close()
-        shutdown()
+    # The run's owner locks its directory: rank 0, unless `sail train --nproc-per-node` (the
+    # local launcher) already holds it for all of its ranks.
+    owner = os.environ.get("SAIL_LAUNCHER") != "local" and is_first_rank()
+    with hold_run_dir(cfg.run.output_dir) if owner else contextlib.nullcontext():
+        from megatron_sail.distributed.cpu_compat import import_megatron
+
+        import_megatron()
+        from megatron_sail.distributed.runtime import detect_env, shutdown
+        from megatron_sail.training.trainer import Trainer
+
+        trainer = Trainer(cfg, detect_env())
+        try:
+            return trainer.train()
+        finally:
+            trainer.close()
+            shutdown()
 
 
 def main(argv: list[str] | None = None) -> int:
     from megatron_sail.training.signals import record_early_signals
 
     record_early_signals()
-    from megatron_sail.checkpointing.layout_files import CheckpointError
-    from megatron_sail.config import ConfigError
+    from megatron_sail.errors import UserError, report_error
 
     argv = list(sys.argv[1:] if argv is None else argv)
     config_path = argv[0] if argv and "=" not in argv[0] else None
     overrides = argv[1:] if config_path else argv
     try:
         return run_worker(config_path, overrides)
-    except (ConfigError, CheckpointError) as exc:
-        print(f"sail train: error: {exc}", file=sys.stderr, flush=True)
+    except UserError as exc:
+        report_error("train", str(exc))
         return 2
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 
 import pytest
 import yaml
@@ -164,3 +165,67 @@ def test_first_host_of_a_slurm_hostlist():
     assert first_host("gpu[003-010,12],cpu1") == "gpu003"
     assert first_host("node7,node8") == "node7"
     assert first_host("h100-a[1]") == "h100-a1"
+
+
+@pytest.mark.parametrize("option", ["--job-name", "--partition", "--account", "--mem", "--time"])
+def test_values_with_a_newline_and_a_command_are_refused_and_nothing_runs(tmp_path, option):
+    """Not a dry run: an `sbatch` on PATH would leave a mark if it were ever called."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "sbatch").write_text(f"#!/bin/sh\ntouch {tmp_path}/sbatch-called\n")
+    (bindir / "sbatch").chmod(0o755)
+    marker = tmp_path / "injected"
+    env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}")
+    proc = subprocess.run(
+        [sys.executable, "-m", "megatron_sail.cli", "slurm", "submit", TINY,
+         f"run.output_dir={tmp_path}/run", "--gpus-per-node", "0", "--ntasks-per-node", "1",
+         option, f"ok\ntouch {marker}"], capture_output=True, text=True, cwd=REPO, env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(f"sail slurm submit: error: {option} 'ok\\ntouch ")
+    assert len(proc.stderr.splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert not marker.exists() and not (tmp_path / "sbatch-called").exists()
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("site, message", [
+    ({"env": {"X": "$(touch /tmp/x)"}}, "may refer to variables"),
+    ({"env": {"X": "a`id`"}}, "may refer to variables"),
+    ({"env": {"X": "a\necho hi"}}, "newline or control character"),
+    ({"sbatch": {"qos": "high\necho hi"}}, "--qos 'high\\necho hi' is not a QOS name"),
+    ({"sbatch": {"constraint": "a100\necho hi"}}, "newline or control character"),
+    ({"sbatch": {"bad\nname": "x"}}, "is not an option name"),
+    ({"setup": ["module load cuda\necho hi"]}, "newline or control character"),
+    ({"gpu_job": {"mem": "80G\necho hi"}}, "--mem '80G\\necho hi' is not a SLURM memory"),
+    ({"srun_args": ["--mpi=none\necho hi"]}, "newline or control character"),
+])
+def test_site_values_are_checked_before_rendering(capsys, tmp_path, site, message):
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(site))
+    assert main(["submit", TINY, f"run.output_dir={tmp_path}/r", "--gpus-per-node", "4",
+                 "--site", str(path), "--dry-run"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_odd_but_legitimate_values_are_quoted(capsys, tmp_path, monkeypatch):
+    """Spaces and a single quote in the run directory and the working directory, a $ in an
+    environment reference: the script keeps each as one word, exactly."""
+    odd = tmp_path / "it's a run dir"
+    workdir = tmp_path / "work dir"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+    site = tmp_path / "site.yaml"
+    site.write_text(yaml.safe_dump({"env": {"SCRATCH_DIR": "${TMPDIR:-/tmp}/sail run"},
+                                    "sbatch": {"constraint": "a100 80gb"}}))
+    script = dry_run(capsys, TINY, f"run.output_dir={odd}", "--gpus-per-node", "4",
+                     "--job-name", "lr-3e-4_v1.2", "--mem", "0", "--time", "1-00:00",
+                     "--site", str(site))
+    assert f'#SBATCH --chdir="{workdir}"' in script
+    assert f'#SBATCH --output="{odd}/slurm/logs/%x-%j.out"' in script
+    assert '#SBATCH --constraint="a100 80gb"' in script
+    assert "#SBATCH --job-name=lr-3e-4_v1.2" in script
+    selection = next(line for line in script.splitlines() if line.startswith("RUN_DIR="))
+    env_line = next(line for line in script.splitlines() if line.startswith("export SCRATCH_DIR="))
+    shown = subprocess.run(["bash", "-c", f'{selection}\n{env_line}\nprintf "%s\\n" '
+                            '"$RUN_DIR" "$TRAIN_ITERS" "$SCRATCH_DIR"'],
+                           capture_output=True, text=True, env={"TMPDIR": "/scratch"})
+    assert shown.stdout.splitlines() == [str(odd), "300", "/scratch/sail run"]

@@ -121,3 +121,15 @@ def test_srun_task_count_that_does_not_fit_the_layout_is_a_clear_error(slurm, tm
     for rank in (0, 1):
         assert (f"{rank}: sail train: error: invalid configuration:\n{rank}:   - world size 2 is "
                 "not divisible by tensor x pipeline parallel size 1 x 4 = 4") in proc.stdout + proc.stderr
+
+
+def test_odd_but_legitimate_paths_and_names_reach_sbatch_intact(slurm, tmp_path):
+    """A run directory with a space and a quote lands in double-quoted #SBATCH lines and a
+    shlex-quoted RUN_DIR: sbatch and the batch shell must both read it back exactly."""
+    run = tmp_path / "it's a run"
+    job = slurm.submit(run, "train.train_iters=2", extra=("--job-name", "lr-3e-4_v1.2@a:b"))
+    info = slurm.wait(job)[job]
+    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", info
+    assert info["JobName"] == "lr-3e-4_v1.2@a:b"
+    assert [r["iteration"] for r in metrics(run)] == [1, 2]
+    assert "[sail] finished" in (run / f"slurm/logs/lr-3e-4_v1.2@a:b-{job}.out").read_text()

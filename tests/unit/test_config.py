@@ -308,3 +308,97 @@ def test_padded_vocab_is_layout_independent():
     assert sizes == {resolve_layout(cfg, 1).padded_vocab_size}
     padded = sizes.pop()
     assert padded >= cfg.model.llm.vocab_size and padded % 128 == 0
+
+
+# ---- ranges, choices and bounded YAML ------------------------------------------------------
+
+def test_every_range_and_choice_problem_is_reported_together():
+    bad = ["optimizer.lr=-1", "optimizer.adam_beta1=2", "model.llm.hidden_size=-64",
+           "model.llm.num_layers=0", "train.clip_grad=-1", "hardware.gpu=tpu", "train.foo=1",
+           "model.bar=2", "train.global_batch_size=100000000000", "data.seq_length=0"]
+    with pytest.raises(ConfigError) as info:
+        load_config(None, bad)
+    text = str(info.value)
+    assert text.startswith("11 configuration problems:")
+    for part in ("optimizer.lr=-1.0 must be >= 0", "optimizer.adam_beta1=2.0 must be < 1",
+                 "model.llm.hidden_size=-64 must be >= 1", "model.llm.num_layers=0 must be >= 1",
+                 "train.clip_grad=-1.0 must be >= 0",
+                 "'hardware.gpu' must be one of h100, h100-pcie, h200, got 'tpu'",
+                 "unknown config key 'train.foo'", "unknown config key 'model.bar'",
+                 "train.global_batch_size=100000000000 must be <= 16777216",
+                 "data.seq_length=0 must be >= 1",
+                 "optimizer.min_lr=0 must not exceed optimizer.lr=-1"):
+        assert part in text, part
+    assert "override 'optimizer.adam_beta1=2': optimizer.adam_beta1" in text   # where it came from
+
+
+def test_min_lr_above_lr_and_range_errors_name_the_file(tmp_path):
+    path = _write(tmp_path, """
+        optimizer: {lr: 1.0e-4, min_lr: 1.0e-3}
+        train: {eval_iters: 0}
+        """)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert f"{path}: optimizer.min_lr=0.001 must not exceed optimizer.lr=0.0001" in str(info.value)
+    assert f"{path}: train.eval_iters=0 must be >= 1" in str(info.value)
+
+
+def test_gpu_choices_are_the_gpus_mfu_knows():
+    import typing
+
+    from megatron_sail.config.schema import HardwareConfig
+    from megatron_sail.scaling.hardware import GPUS
+
+    assert set(typing.get_args(typing.get_type_hints(HardwareConfig)["gpu"])) == set(GPUS)
+
+
+ALIAS_BOMB = "a: &a [x,x,x,x,x,x,x,x,x,x]\n" + "".join(
+    f"{n}: &{n} [{', '.join([f'*{p}'] * 10)}]\n" for p, n in zip("abcdefgh", "bcdefghi")
+) + "model: {freeze: *i}\n"   # 10^9 list items once expanded, 500 bytes
+
+
+@pytest.mark.parametrize("reader", ["config", "blend", "sweep"])
+def test_alias_bomb_is_refused_at_once(tmp_path, reader):
+    import time
+
+    from megatron_sail.data.blend import BlendError, load_blend
+    from megatron_sail.launch.sweep import SweepError, load_sweep
+
+    path = _write(tmp_path, ALIAS_BOMB)
+    assert len(ALIAS_BOMB) < 600
+    load, error = {"config": (load_config, ConfigError), "blend": (load_blend, BlendError),
+                   "sweep": (load_sweep, SweepError)}[reader]
+    start = time.monotonic()
+    with pytest.raises(error, match="more than 100000 YAML nodes once aliases are expanded"):
+        load(path)
+    assert time.monotonic() - start < 5
+
+
+def test_yaml_size_recursion_and_nesting_limits(tmp_path):
+    from megatron_sail.config.loader import YAML_MAX_BYTES
+
+    big = tmp_path / "big.yaml"
+    big.write_text("train: {seed: 1}\n" + "#" * YAML_MAX_BYTES + "\n")
+    with pytest.raises(ConfigError, match="larger than the 1024 KiB limit"):
+        load_config(big)
+    with pytest.raises(ConfigError, match="refers to a node that contains it"):
+        load_config(_write(tmp_path, "a: &a [*a]\n", "rec.yaml"))
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load_config(_write(tmp_path, "a: " + "[" * 5000 + "]" * 5000 + "\n", "deep.yaml"))
+    flow = ", ".join(line for line in ALIAS_BOMB.splitlines() if not line.startswith("model"))
+    with pytest.raises(ConfigError, match="once aliases are expanded"):
+        load_config(None, ["model.freeze={" + flow + "}"])   # an override is YAML too
+
+
+def test_a_global_batch_beyond_memory_is_refused_with_a_lower_bound():
+    from megatron_sail.config.layout import step_memory_error
+
+    cfg = load_config(None, ["train.global_batch_size=4096", "train.micro_batch_size=1"])
+    layout = resolve_layout(cfg, 2)
+    # synthetic: 64 tokens x 4 int64 tensors + one 112 px RGB fp32 image per sample
+    per_sample = 4 * 8 * 64 + 3 * 4 * 112 * 112
+    need = 2048 * per_sample * 2      # 2048 samples on each of the 2 local ranks
+    assert step_memory_error(cfg, layout, 2, need) is None
+    problem = step_memory_error(cfg, layout, 2, need - 1)
+    assert problem.startswith("train.global_batch_size=4096: a step builds 2048 samples on each "
+                              f"of 2 rank(s) here") and f"({per_sample} bytes per sample)" in problem

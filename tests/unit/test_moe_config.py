@@ -25,8 +25,8 @@ def test_presets_have_the_published_shapes():
     (["parallel.tensor_model_parallel_size=2", "parallel.sequence_parallel=false"],
      "needs sequence parallelism"),
     (["model.moe.expert_bias=true"], "needs sigmoid routing"),
-    (["model.moe.load_balancing=magic"], "model.moe.load_balancing='magic'"),
-    (["model.moe.token_dispatcher=flex"], "model.moe.token_dispatcher='flex'"),
+    (["model.moe.load_balancing=magic"], "'model.moe.load_balancing' must be one of global_aux_loss"),
+    (["model.moe.token_dispatcher=flex"], "'model.moe.token_dispatcher' must be one of alltoall, allgather, got 'flex'"),
     (["model.moe.grouped_gemm=true"], "grouped_gemm needs model.transformer_impl=transformer_engine"),
     (["model.llm.moe_router_topk=9"], "moe_router_topk=9"),
 ])

@@ -17,6 +17,7 @@ import importlib
 from typing import Literal
 
 from megatron_sail.config.schema import VIDEO_BACKENDS
+from megatron_sail.errors import UserError
 
 VideoBackend = Literal["dali-gpu", "dali-cpu", "pyav"]
 BACKEND_CHOICES: tuple[str, ...] = VIDEO_BACKENDS
@@ -26,7 +27,7 @@ DALI_CPU_CODECS = frozenset({"vp8", "vp9", "mjpeg"})
 DALI_GPU_CODECS = frozenset({"h264", "hevc", "av1", "mpeg4", "vp8", "vp9", "mjpeg"})
 
 
-class BackendUnavailableError(RuntimeError):
+class BackendUnavailableError(UserError, RuntimeError):
     """A decoder backend was requested by name but cannot run in this process."""
 
 
