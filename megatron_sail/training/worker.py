@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     from megatron_sail.training.signals import record_early_signals
 
     record_early_signals()
-    from megatron_sail.checkpointing.layout_files import CheckpointError
+    from megatron_sail.checkpointing.layout_files import CheckpointError, UnsafeCheckpointError
     from megatron_sail.config import ConfigError
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -36,7 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run_worker(config_path, overrides)
     except (ConfigError, CheckpointError) as exc:
-        print(f"sail train: error: {exc}", file=sys.stderr, flush=True)
+        from megatron_sail.distributed.runtime import detect_env
+
+        if not isinstance(exc, UnsafeCheckpointError) or detect_env().rank == 0:
+            print(f"sail train: error: {exc}", file=sys.stderr, flush=True)
         return 2
 
 
