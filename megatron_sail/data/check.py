@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 
-from megatron_sail.data.blend import load_blend
+from megatron_sail.data.blend import BlendError, is_blend_file, load_blend
 from megatron_sail.data.media.errors import MediaError
 from megatron_sail.data.media.images import decode_image
 from megatron_sail.data.records import Record, RecordError, iter_lines, media_base, parse_line
@@ -180,6 +180,8 @@ def _run_job(job: _LineJob | _ShardJob, settings: Settings, keep_media: bool) ->
         shard_record = reader.read(job.index)
     except RecordError as exc:
         return Inspection(exc.source, [Problem(exc.source, SampleErrorKind.MALFORMED_RECORD.value, exc.reason)], None)
+    except SampleError as exc:
+        return Inspection(where, [Problem(exc.source, exc.kind.value, exc.reason)], None)
     except (ValueError, OSError) as exc:
         return Inspection(where, [Problem(where, SampleErrorKind.MALFORMED_RECORD.value, str(exc))], None)
     inspection = inspect_record(shard_record.record, shard_record.media, settings, keep_media)
@@ -250,17 +252,25 @@ class Source:
     root: str | None = None
 
 
-def expand_sources(paths: list[str], root: str | None = None) -> list[Source]:
-    """JSONL files, shard directories and blend files (expanded to their datasets)."""
+def expand_sources(paths: list[str], root: str | None = None,
+                   _within: tuple[str, ...] = ()) -> list[Source]:
+    """JSONL files, shard directories and blend files (expanded to their datasets; ``_within``:
+    the blend files being expanded, outermost first, so that a cycle is named, not followed)."""
     out = []
     for path in paths:
         if os.path.isdir(path):
             if not os.path.isfile(os.path.join(path, INDEX_FILE)):
                 raise ValueError(f"{path}: a directory without {INDEX_FILE} (not a shard directory)")
             out.append(Source("shards", path))
-        elif path.endswith((".yaml", ".yml")):
+        elif is_blend_file(path):
+            seen = [os.path.realpath(p) for p in _within]
+            if os.path.realpath(path) in seen:
+                cycle = _within[seen.index(os.path.realpath(path)):] + (path,)
+                raise BlendError(f"{_within[-1]}: blend files list each other in a cycle: "
+                                 + " -> ".join(cycle))
             for entry in load_blend(path).entries:
-                out += [Source(s.kind, s.path, entry.root) for s in expand_sources([entry.path])]
+                out += [Source(s.kind, s.path, entry.root)
+                        for s in expand_sources([entry.path], None, _within + (path,))]
         elif os.path.isfile(path):
             out.append(Source("jsonl", path, root))
         else:
