@@ -19,9 +19,11 @@ processes it starts:
 anything it refuses, so that a bad checkpoint is named (file and class) before Megatron
 or DCP touch it; the installed guards stay as the second line.
 
-Written for torch 2.13 with megatron-core 0.16.1; checked against the shapes of torch 2.9-2.14
-and megatron-core 0.17-0.19 (where common state lives inside the ``.distcp`` files, read by
-the same ``load_bytes``). ``check()`` fails loudly when a touched internal changes.
+Written for torch 2.13 with megatron-core 0.16.1; ``check()`` and a DCP save/scan/load round
+trip also pass on torch 2.12.1 (Python 3.12). Megatron-core 0.17-0.19 read checkpoints through the
+same torch entry points (0.19 keeps its common state inside the ``.distcp`` files, read by the
+same ``load_bytes``, and scanned here like any other non-tensor item). ``check()`` raises when a
+touched internal changes shape.
 """
 
 from __future__ import annotations
