@@ -1,7 +1,7 @@
 """A checkpoint crafted to run a command when unpickled - in its DCP ``.metadata``, its
-``common.pt`` or a non-tensor item inside a ``.distcp`` file - is refused by export, resume
-and ``checkpoint.load`` (exit 2, one line naming the file and the class), and the command
-never runs. Real checkpoints are written by a tiny ``sail train`` run (2 ranks, distributed
+``common.pt`` or a non-tensor item inside a ``.distcp`` file - is refused by export, verify,
+forward, resume and ``checkpoint.load`` (exit 2, one line naming the file and the class), and
+the command never runs. Real checkpoints are written by a tiny ``sail train`` run (2 ranks, distributed
 optimizer)."""
 
 from __future__ import annotations
@@ -73,6 +73,15 @@ def _poison_item(ckpt, marker):
     return path, "posix.system"
 
 
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+    """The clean checkpoint in the release layout, for ``verify``."""
+    out = tmp_path_factory.mktemp("exported") / "hf"
+    proc = _sail("convert", "export-hf", "--ckpt", str(trained / "checkpoints"), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
 POISONS = {"metadata": _poison_metadata, "common": _poison_common, "item": _poison_item}
 
 
@@ -91,7 +100,7 @@ def _assert_refused(proc, cmd, path, cls, marker):
 
 
 @pytest.mark.parametrize("kind", sorted(POISONS))
-def test_poisoned_checkpoint_is_refused_everywhere(sail, trained, tmp_path, kind):
+def test_poisoned_checkpoint_is_refused_everywhere(sail, trained, exported, tmp_path, kind):
     run = tmp_path / "run"
     shutil.copytree(trained, run)
     marker = tmp_path / "command_ran"
@@ -101,6 +110,11 @@ def test_poisoned_checkpoint_is_refused_everywhere(sail, trained, tmp_path, kind
                  "--out", str(tmp_path / "hf"))
     _assert_refused(proc, "sail convert export-hf", path, cls, marker)
     assert not (tmp_path / "hf").exists()
+    proc = _sail("convert", "verify", "--hf", str(exported), "--ckpt", str(run / "checkpoints"))
+    _assert_refused(proc, "sail convert verify", path, cls, marker)
+    proc = _sail("forward", "--ckpt", str(run / "checkpoints"), "--inputs", str(tmp_path / "in"),
+                 "--out", str(tmp_path / "logits.safetensors"))
+    _assert_refused(proc, "sail forward", path, cls, marker)
 
     # resume (2 ranks: the refusal is reported once) and fine-tuning from it
     proc = sail.train(run, *RUN, "train.train_iters=3", nproc=2 if kind == "item" else 1,
