@@ -86,7 +86,7 @@ def replace_member(shard_dir: Path, name: str, kind: bytes, linkname: str = "") 
     index_path = shard_dir / "index.json"
     index = json.loads(index_path.read_text())
     samples = index["samples"]
-    for number, shard in enumerate(index["shards"]):
+    for shard in index["shards"]:
         path = shard_dir / shard["file"]
         with tarfile.open(path) as tar:
             members = [(info, tar.extractfile(info).read()) for info in tar]
@@ -96,7 +96,7 @@ def replace_member(shard_dir: Path, name: str, kind: bytes, linkname: str = "") 
         with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
             for info, data in members:
                 key = int(info.name.split(".")[0])
-                if samples["shard"][key] == number and info.name == f"{info.name.split('.')[0]}.json":
+                if info.name.endswith(".json"):  # a sample's first member
                     samples["offset"][key] = out.tell()
                 if info.name == name:
                     info = tarfile.TarInfo(name)

@@ -120,7 +120,8 @@ def test_blend_cycles_are_named_not_followed(tmp_path, capsys):
 
     conf = tmp_path / "conf"
     (conf / "data.jsonl").write_text("")
-    (conf / "a.yaml").write_text("datasets: [{path: data.jsonl, weight: 1}, {path: b.yaml, weight: 1}]")
+    (conf / "a.yaml").write_text("datasets: [{path: data.jsonl, weight: 1}, "
+                                 "{path: b.yaml, weight: 1}]")
     (conf / "b.yaml").write_text("datasets: [{path: c.yaml, weight: 1}]")
     (conf / "c.yaml").write_text("datasets: [{path: b.yaml, weight: 1}]")
     assert sail(["data", "check", str(conf / "a.yaml"), "--workers", "1"]) == 2

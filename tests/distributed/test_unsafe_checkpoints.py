@@ -1,8 +1,8 @@
 """A checkpoint crafted to run a command when unpickled - in its DCP ``.metadata``, its
 ``common.pt`` or a non-tensor item inside a ``.distcp`` file - is refused by export, verify,
 forward, resume and ``checkpoint.load`` (exit 2, one line naming the file and the class), and
-the command never runs. Real checkpoints are written by a tiny ``sail train`` run (2 ranks, distributed
-optimizer)."""
+the command never runs. Real checkpoints are written by a tiny ``sail train`` run (2 ranks,
+distributed optimizer)."""
 
 from __future__ import annotations
 
