@@ -21,7 +21,7 @@ from megatron.core.dist_checkpointing.mapping import ShardedObject
 from torch.distributed.checkpoint.api import CheckpointException as TorchCheckpointException
 
 from megatron_sail.checkpointing.layout_files import (
-    CheckpointError, iteration_dir, publish, read_marker,
+    CheckpointError, iteration_dir, publish, read_marker, refuse_unsafe_pickles,
 )
 
 COMMON_KEY = "sail"
@@ -138,6 +138,7 @@ def _materialise_optimizer_state(optimizer) -> None:
 
 def load_common(ckpt_dir: Path) -> dict:
     """The checkpoint's plain (non-tensor) state: config, train state, scheduler."""
+    refuse_unsafe_pickles(ckpt_dir)
     try:
         common = dist_checkpointing.load_common_state_dict(str(ckpt_dir))
     except (Exception, TorchCheckpointException) as exc:

@@ -20,6 +20,11 @@ class CheckpointError(UserError, RuntimeError):
     """A checkpoint that is missing, incomplete, corrupt or incompatible; names the path."""
 
 
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint file that names a class no checkpoint holds. Every rank reads the same
+    files and refuses the same way, so one rank reporting it is enough."""
+
+
 def iteration_dir(root: Path, iteration: int) -> Path:
     return Path(root) / f"iter_{iteration:07d}"
 
@@ -111,6 +116,18 @@ def read_marker(ckpt_dir: Path) -> dict:
         return json.loads(marker.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{marker}: unreadable checkpoint description: {exc}") from None
+
+
+def refuse_unsafe_pickles(ckpt_dir: Path) -> None:
+    """Every checkpoint read goes through here first: restricts unpickling in this process
+    (and the processes it starts) to the classes a checkpoint holds, and names the file and
+    class of anything else before Megatron or torch read the checkpoint."""
+    from megatron_sail.compat import safe_checkpoint_load
+
+    try:
+        safe_checkpoint_load.scan(Path(ckpt_dir))
+    except safe_checkpoint_load.UnsafeCheckpointError as exc:
+        raise UnsafeCheckpointError(str(exc)) from None
 
 
 def latest_checkpoint(root: Path) -> Optional[Path]:

@@ -22,7 +22,7 @@ from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, TensorSt
 from torch.distributed.checkpoint.planner import LoadPlan
 from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 
-from megatron_sail.checkpointing.layout_files import CheckpointError
+from megatron_sail.checkpointing.layout_files import CheckpointError, refuse_unsafe_pickles
 from megatron_sail.convert.errors import ConversionError, inventory_problems
 
 # = checkpointing.dist_ckpt.COMMON_KEY; that module imports Megatron, which export does not need
@@ -72,6 +72,7 @@ class DistCheckpointReader:
         if kinds != ("torch_dist", "torch"):
             raise CheckpointError(f"{self.ckpt_dir}: unsupported checkpoint backends {backends} "
                                   f"(expected torch_dist + torch)")
+        refuse_unsafe_pickles(self.ckpt_dir)  # and restricts the reads below
         self._reader = _CachedReader(str(self.ckpt_dir))
         try:
             metadata = self._reader.read_metadata()

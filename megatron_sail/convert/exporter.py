@@ -111,6 +111,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, reference: Optional[str
     table = sailvl_release(model)
     reader.check(table.megatron_shapes())
     base = _reference_base(Path(reference), model) if reference else common.get("hf_config")
+    carried = _reference_files(Path(reference)) if reference else []
 
     batches = read_batches(table)
     shapes = table.export_shapes()
@@ -158,15 +159,26 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, reference: Optional[str
             sync.wait()
         config = hf_config.release_config(model, dtype, base, keep_auto_map=reference is not None)
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        if reference:
-            _copy_reference(Path(reference), tmp)
+        for src in carried:
+            shutil.copy2(src, tmp / src.name)
     return ExportReport(Path(out), ckpt_dir, len(plan), counts["bytes"],
                         time.perf_counter() - start)
 
 
-def _copy_reference(reference: Path, dest: Path) -> None:
+def _reference_files(reference: Path) -> list[Path]:
+    """The release files to carry over. A symbolic link is followed only to a file inside
+    ``reference`` - or, for a Hugging Face hub cache snapshot (``.../snapshots/REV``), inside
+    that repository's ``blobs/`` - so that an export never copies a file from elsewhere."""
     skip = {"config.json", INDEX_FILE, SINGLE_FILE}
+    home = reference.resolve()
+    roots = [home] + ([home.parent.parent / "blobs"] if home.parent.name == "snapshots" else [])
+    files = []
     for pattern in REFERENCE_FILES:
         for src in sorted(reference.glob(pattern)):
             if src.is_file() and src.name not in skip and not src.name.endswith(".safetensors"):
-                shutil.copy2(src, dest / src.name)
+                target = src.resolve()
+                if not any(target.is_relative_to(root) for root in roots):
+                    raise ConversionError(f"{src}: links to {target}, outside {reference}; "
+                                          f"--reference files are copied only from inside it")
+                files.append(src)
+    return files

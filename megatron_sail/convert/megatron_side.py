@@ -280,6 +280,9 @@ def _reload(shards: list[ShardedTensor], ckpt_dir: Path) -> list[torch.Tensor]:
     Megatron checks that every stored region is read exactly once, as a main replica."""
     from megatron.core import dist_checkpointing
 
+    from megatron_sail.checkpointing.layout_files import refuse_unsafe_pickles
+
+    refuse_unsafe_pickles(ckpt_dir)
     state = {"model": {str(i): sh for i, sh in enumerate(shards)}}
     loaded = dist_checkpointing.load(state, str(ckpt_dir)).get("model", {})  # none: no entry
     return [loaded[str(i)] for i in range(len(shards))]

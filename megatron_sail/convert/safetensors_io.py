@@ -87,6 +87,13 @@ def read_header(path: Path) -> dict[str, TensorInfo]:
     return out
 
 
+def _inside_name(file: str) -> bool:
+    """A relative path that stays inside its directory: no root, no ``..``, no NUL."""
+    parts = Path(file).parts
+    return bool(parts) and not Path(file).is_absolute() and ".." not in parts \
+        and "\0" not in file and "\\" not in file
+
+
 class SafetensorsDir:
     """The weights of a checkpoint directory: ``model.safetensors``, or exactly the files that
     ``model.safetensors.index.json`` names. Nothing is read until ``read``."""
@@ -110,6 +117,14 @@ class SafetensorsDir:
             weight_map = json.loads(index.read_text())["weight_map"]
         except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
             raise ConversionError(f"{index}: unreadable index: {exc!r}") from None
+        if not isinstance(weight_map, dict):
+            raise ConversionError(f"{index}: unreadable index: weight_map is not a mapping")
+        outside = [f"{name}: {file!r}" for name, file in weight_map.items()
+                   if not isinstance(file, str) or not _inside_name(file)]
+        if outside:
+            more = f" and {len(outside) - 3} more" if len(outside) > 3 else ""
+            raise ConversionError(f"{index}: names files outside {self.directory} (an index "
+                                  f"may name only files in it): {', '.join(outside[:3])}{more}")
         files = sorted(set(weight_map.values()))
         missing = [f for f in files if not (self.directory / f).is_file()]
         if missing:

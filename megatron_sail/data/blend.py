@@ -34,16 +34,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from megatron_sail.config.loader import read_yaml
-from megatron_sail.errors import UserError
+from megatron_sail.config.loader import ConfigError, read_yaml
 
 PERIOD = 10_000  # weight resolution 1e-4
 PERM_CACHE = 2
 _ENTRY_KEYS = {"path", "weight", "root", "name"}
 
 
-class BlendError(UserError, ValueError):
-    pass
+class BlendError(ConfigError):
+    """A blend file the user must fix (a config error: ``sail train`` reports it in one line)."""
+
+
+def is_blend_file(path: str) -> bool:
+    return path.endswith((".yaml", ".yml"))
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,8 @@ def load_blend(path: str) -> Blend:
         if root is not None and not isinstance(root, str):
             raise BlendError(f"{where}.root must be a path, got {root!r}")
         full = _resolve(base, item["path"])
+        if is_blend_file(full) and os.path.realpath(full) == os.path.realpath(path):
+            raise BlendError(f"{where}.path lists this blend file itself (cycle {path} -> {path})")
         name = item.get("name") or os.path.basename(full.rstrip(os.sep))
         raw.append((full, float(weight), None if root is None else _resolve(base, root), str(name)))
     names = [r[3] for r in raw]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 from megatron_sail.config.schema import SailConfig
-from megatron_sail.data.blend import load_blend
+from megatron_sail.data.blend import BlendError, is_blend_file, load_blend
 from megatron_sail.data.loader import BlendedSamples, LoaderSettings, MultimodalBatches
 from megatron_sail.data.sample_encoder import SampleEncoder
 from megatron_sail.data.sources import SampleSource, open_source
@@ -13,8 +13,12 @@ from megatron_sail.data.sources import SampleSource, open_source
 
 def load_sources(path: str) -> tuple[list[SampleSource], list[float]]:
     """A blend YAML, or a single JSONL file / shard directory (weight 1)."""
-    if path.endswith((".yaml", ".yml")):
+    if is_blend_file(path):
         blend = load_blend(path)
+        nested = [e.path for e in blend.entries if is_blend_file(e.path)]
+        if nested:  # `sail data check` expands them; training reads JSONL and shards only
+            raise BlendError(f"{path}: lists other blend files {nested}; list their datasets "
+                             f"in one blend file for training")
         return ([open_source(e.path, e.root, e.name) for e in blend.entries],
                 [e.weight for e in blend.entries])
     return [open_source(path)], [1.0]

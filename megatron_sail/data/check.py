@@ -11,15 +11,17 @@ processes in chunks, results come back in input order.
 from __future__ import annotations
 
 import functools
+import multiprocessing
 import os
+import signal
 import sys
 import time
 from collections import Counter, deque
+from contextlib import closing
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 
-from megatron_sail.data.blend import load_blend
+from megatron_sail.data.blend import BlendError, is_blend_file, load_blend
 from megatron_sail.data.media.errors import MediaError
 from megatron_sail.data.media.images import decode_image
 from megatron_sail.data.records import Record, RecordError, iter_lines, media_base, parse_line
@@ -180,6 +182,8 @@ def _run_job(job: _LineJob | _ShardJob, settings: Settings, keep_media: bool) ->
         shard_record = reader.read(job.index)
     except RecordError as exc:
         return Inspection(exc.source, [Problem(exc.source, SampleErrorKind.MALFORMED_RECORD.value, exc.reason)], None)
+    except SampleError as exc:
+        return Inspection(where, [Problem(exc.source, exc.kind.value, exc.reason)], None)
     except (ValueError, OSError) as exc:
         return Inspection(where, [Problem(where, SampleErrorKind.MALFORMED_RECORD.value, str(exc))], None)
     inspection = inspect_record(shard_record.record, shard_record.media, settings, keep_media)
@@ -208,21 +212,30 @@ def _chunks(items: Iterable, size: int) -> Iterator[list]:
         yield chunk
 
 
+def _worker_signals() -> None:
+    """Workers leave Ctrl-C (sent to the whole process group) and SIGTERM handling to the
+    parent, which stops them; inherited Python handlers would print their own tracebacks."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def run_jobs(jobs: Iterable, settings: Settings, workers: int = 1, keep_media: bool = False) -> Iterator[Inspection]:
     """Inspections in job order; ``workers > 1`` uses that many processes with a bounded
-    number of chunks in flight (memory stays flat on any input size)."""
+    number of chunks in flight (memory stays flat on any input size). However the caller
+    stops - done, an error, Ctrl-C, closing the generator - the worker processes are
+    terminated and joined before this returns."""
     if workers <= 1:
         for job in jobs:
             yield _run_job(job, settings, keep_media)
         return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with multiprocessing.Pool(workers, initializer=_worker_signals) as pool:  # exit: terminate
         pending: deque = deque()
         for chunk in _chunks(jobs, CHUNK):
-            pending.append(pool.submit(_run_chunk, chunk, settings, keep_media))
+            pending.append(pool.apply_async(_run_chunk, (chunk, settings, keep_media)))
             if len(pending) >= 4 * workers:
-                yield from pending.popleft().result()
+                yield from pending.popleft().get()
         while pending:
-            yield from pending.popleft().result()
+            yield from pending.popleft().get()
 
 
 # -- inputs -----------------------------------------------------------------------------------
@@ -250,17 +263,25 @@ class Source:
     root: str | None = None
 
 
-def expand_sources(paths: list[str], root: str | None = None) -> list[Source]:
-    """JSONL files, shard directories and blend files (expanded to their datasets)."""
+def expand_sources(paths: list[str], root: str | None = None,
+                   _within: tuple[str, ...] = ()) -> list[Source]:
+    """JSONL files, shard directories and blend files (expanded to their datasets; ``_within``:
+    the blend files being expanded, outermost first, so that a cycle is named, not followed)."""
     out = []
     for path in paths:
         if os.path.isdir(path):
             if not os.path.isfile(os.path.join(path, INDEX_FILE)):
                 raise ValueError(f"{path}: a directory without {INDEX_FILE} (not a shard directory)")
             out.append(Source("shards", path))
-        elif path.endswith((".yaml", ".yml")):
+        elif is_blend_file(path):
+            seen = [os.path.realpath(p) for p in _within]
+            if os.path.realpath(path) in seen:
+                cycle = _within[seen.index(os.path.realpath(path)):] + (path,)
+                raise BlendError(f"{_within[-1]}: blend files list each other in a cycle: "
+                                 + " -> ".join(cycle))
             for entry in load_blend(path).entries:
-                out += [Source(s.kind, s.path, entry.root) for s in expand_sources([entry.path])]
+                out += [Source(s.kind, s.path, entry.root)
+                        for s in expand_sources([entry.path], None, _within + (path,))]
         elif os.path.isfile(path):
             out.append(Source("jsonl", path, root))
         else:
@@ -316,11 +337,12 @@ def check(paths: list[str], settings: Settings, root: str | None = None, workers
         report.problems.append(problem)
         on_problem(problem)
 
-    for inspection in run_jobs(_source_jobs(sources, file_problem), settings, workers):
-        report.add(inspection)
-        for problem in inspection.problems:
-            on_problem(problem)
-        progress.update(report.samples)
+    with closing(run_jobs(_source_jobs(sources, file_problem), settings, workers)) as inspections:
+        for inspection in inspections:
+            report.add(inspection)
+            for problem in inspection.problems:
+                on_problem(problem)
+            progress.update(report.samples)
     return report
 
 
@@ -344,8 +366,10 @@ def prepare(jsonl_paths: list[str], out_dir: str, settings: Settings, shard_size
         report.problems.append(problem)
         on_problem(problem)
 
-    with ShardWriter(out_dir, shard_size, settings=stored) as writer:
-        for inspection in run_jobs(_source_jobs(sources, file_problem), settings, workers, keep_media=True):
+    with ShardWriter(out_dir, shard_size, settings=stored) as writer, \
+            closing(run_jobs(_source_jobs(sources, file_problem), settings, workers,
+                             keep_media=True)) as inspections:
+        for inspection in inspections:
             report.add(inspection)
             for problem in inspection.problems:
                 on_problem(problem)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import sys
 
 from megatron_sail.data.media.backends import BACKEND_CHOICES
@@ -96,13 +97,22 @@ def cmd_prepare(args: list[str]) -> int:
 
 
 COMMANDS = {"check": cmd_check, "prepare": cmd_prepare}
+_STOPPED = {"check": "", "prepare": "; no output was written"}
 
 
 def main(args: list[str]) -> int:
+    from megatron_sail.convert.outputs import exit_on_sigterm
+
     if not args or args[0] not in COMMANDS:
         print(USAGE, file=sys.stdout if args and args[0] in ("-h", "--help") else sys.stderr)
         return 0 if args and args[0] in ("-h", "--help") else 2
     try:
-        return COMMANDS[args[0]](args[1:])
-    except SystemExit as exc:  # argparse: usage errors exit 2, --help exits 0
+        with exit_on_sigterm():  # SIGTERM unwinds like Ctrl-C: workers stopped, temp files removed
+            return COMMANDS[args[0]](args[1:])
+    except KeyboardInterrupt:
+        print(f"sail data {args[0]}: interrupted{_STOPPED[args[0]]}", file=sys.stderr)
+        return 130
+    except SystemExit as exc:  # argparse: usage errors exit 2, --help exits 0; SIGTERM 143
+        if exc.code == 128 + signal.SIGTERM:
+            print(f"sail data {args[0]}: terminated{_STOPPED[args[0]]}", file=sys.stderr)
         return int(exc.code or 0)

@@ -34,6 +34,7 @@ class SampleErrorKind(str, Enum):
     VIDEO_UNDECODABLE = "video_undecodable"
     MALFORMED_RECORD = "malformed_record"
     TOO_LONG = "too_long"
+    UNSAFE_MEMBER = "unsafe_member"  # a shard sample with a link, device or other non-file member
 
 
 class SampleError(ValueError):

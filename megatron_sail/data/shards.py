@@ -32,7 +32,7 @@ import tarfile
 from dataclasses import dataclass, field
 
 from megatron_sail.data.records import Record, RecordError, parse_record
-from megatron_sail.data.sample_encoder import MemberMedia
+from megatron_sail.data.sample_encoder import MemberMedia, SampleError, SampleErrorKind
 
 INDEX_FILE = "index.json"
 FORMAT = "sail-shards/1"
@@ -105,6 +105,12 @@ class ShardIndex:
             raise ValueError(f"{path}: not valid JSON: {exc}") from None
         if tree.get("format") != FORMAT:
             raise ValueError(f"{path}: format is {tree.get('format')!r}, expected {FORMAT!r}")
+        for shard in tree["shards"]:
+            name = shard.get("file") if isinstance(shard, dict) else None
+            if not isinstance(name, str) or name in ("", ".", "..") or "/" in name \
+                    or "\\" in name or "\0" in name:
+                raise ValueError(f"{path}: shard file {name!r} is not a file name inside "
+                                 f"{directory} (shard indexes name their tar files only)")
         samples = tree["samples"]
         index = cls(shards=tree["shards"], settings=tree.get("settings") or {},
                     **{c: samples[c] for c in cls.COLUMNS})
@@ -218,6 +224,16 @@ class ShardWriter:
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
 
 
+def _member_type(info: tarfile.TarInfo) -> str:
+    if info.issym():
+        return f"symbolic link (to {info.linkname!r})"
+    if info.islnk():
+        return f"hard link (to {info.linkname!r})"
+    kinds = {tarfile.DIRTYPE: "directory", tarfile.CHRTYPE: "character device",
+             tarfile.BLKTYPE: "block device", tarfile.FIFOTYPE: "FIFO"}
+    return kinds.get(info.type, f"non-regular (type {info.type!r})")
+
+
 @dataclass
 class ShardRecord:
     record: Record
@@ -277,6 +293,10 @@ class ShardReader:
         try:
             with tarfile.open(fileobj=io.BytesIO(blob), mode="r:") as tar:
                 for info in tar:
+                    if not info.isreg():  # a link would be followed to another member or file
+                        raise SampleError(f"{self.shard_path(index)}:{info.name}",
+                                          f"{_member_type(info)} member; shards hold only "
+                                          f"regular files", SampleErrorKind.UNSAFE_MEMBER)
                     out[info.name] = tar.extractfile(info).read()
         except tarfile.TarError as exc:
             raise ValueError(f"{where}: corrupt tar data: {exc}") from None

@@ -250,3 +250,46 @@ def test_interrupted_export_leaves_nothing(imported, tmp_path, monkeypatch):
                      "--max-shard-size", "20KB"])
     assert code == 130 and len(calls) == 4 and staged  # part of the export was on disk
     assert list(tmp_path.iterdir()) == []
+
+
+def test_index_may_name_only_files_inside_the_release(capsys, release, tmp_path):
+    for i, outside in enumerate(["../model-00001-of-00002.safetensors", "/etc/passwd"]):
+        hf = tmp_path / f"hf{i}"
+        shutil.copytree(release("fp32"), hf)
+        index_path = hf / "model.safetensors.index.json"
+        index = json.loads(index_path.read_text())
+        name = sorted(index["weight_map"])[0]
+        index["weight_map"][name] = outside
+        index_path.write_text(json.dumps(index))
+        code = cli.main(["import-hf", "--hf", str(hf), "--out", str(tmp_path / "o")])
+        err = capsys.readouterr().err
+        assert code == 2 and not (tmp_path / "o").exists()
+        assert err == (f"sail convert import-hf: error: {index_path}: names files outside {hf} "
+                       f"(an index may name only files in it): {name}: {outside!r}\n")
+
+
+def test_reference_files_never_come_from_outside_it(capsys, release, imported, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for release\n")
+    ref = tmp_path / "ref"
+    shutil.copytree(release("fp32"), ref)
+    (ref / "vocab.json").unlink()
+    (ref / "vocab.json").symlink_to(secret)
+    code = cli.main(["export-hf", "--ckpt", str(imported("fp32")), "--out", str(tmp_path / "o"),
+                     "--reference", str(ref)])
+    err = capsys.readouterr().err
+    assert code == 2 and not (tmp_path / "o").exists()
+    assert err == (f"sail convert export-hf: error: {ref / 'vocab.json'}: links to {secret}, "
+                   f"outside {ref}; --reference files are copied only from inside it\n")
+    # a Hugging Face hub cache snapshot links its files into the repository's blobs/
+    snapshot = tmp_path / "models--x--y" / "snapshots" / "abc"
+    shutil.copytree(release("fp32"), snapshot)
+    blobs = tmp_path / "models--x--y" / "blobs"
+    blobs.mkdir()
+    (snapshot / "vocab.json").rename(blobs / "1234")
+    (snapshot / "vocab.json").symlink_to(Path("..", "..", "blobs", "1234"))
+    code = cli.main(["export-hf", "--ckpt", str(imported("fp32")), "--out", str(tmp_path / "o"),
+                     "--reference", str(snapshot)])
+    assert code == 0
+    assert not (tmp_path / "o" / "vocab.json").is_symlink()
+    assert (tmp_path / "o" / "vocab.json").read_bytes() == (blobs / "1234").read_bytes()

@@ -73,3 +73,40 @@ def make_dataset(root: Path, good: int = 40, bad: bool = True, long_words: int =
         planted["too_long"] = f"{jsonl}:{len(rows)}"
     write_jsonl(jsonl, rows)
     return PlantedDataset(jsonl, good, planted)
+
+
+def replace_member(shard_dir: Path, name: str, kind: bytes, linkname: str = "") -> Path:
+    """Rewrites the prepared shard holding member ``name`` so that it becomes a member of tar
+    type ``kind`` (e.g. ``tarfile.SYMTYPE`` pointing at ``linkname``), keeping index.json's
+    byte ranges right. Returns the shard file."""
+    import io
+    import json
+    import tarfile
+
+    index_path = shard_dir / "index.json"
+    index = json.loads(index_path.read_text())
+    samples = index["samples"]
+    for shard in index["shards"]:
+        path = shard_dir / shard["file"]
+        with tarfile.open(path) as tar:
+            members = [(info, tar.extractfile(info).read()) for info in tar]
+        if name not in [info.name for info, _ in members]:
+            continue
+        out = io.BytesIO()
+        with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for info, data in members:
+                key = int(info.name.split(".")[0])
+                if info.name.endswith(".json"):  # a sample's first member
+                    samples["offset"][key] = out.tell()
+                if info.name == name:
+                    info = tarfile.TarInfo(name)
+                    info.type, info.linkname = kind, linkname
+                    tar.addfile(info)
+                else:
+                    tar.addfile(info, io.BytesIO(data))
+                samples["size"][key] = out.tell() - samples["offset"][key]
+        path.write_bytes(out.getvalue())
+        shard["bytes"] = len(out.getvalue())
+        index_path.write_text(json.dumps(index))
+        return path
+    raise KeyError(name)

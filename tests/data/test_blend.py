@@ -108,3 +108,26 @@ def test_weight_quantisation():
         BlendSchedule([3, 0], [0.5, 0.5], seed=0)
     with pytest.raises(IndexError):
         BlendSchedule([3], [1], seed=0).source_of(-1)
+
+
+def test_blend_cycles_are_named_not_followed(tmp_path, capsys):
+    from megatron_sail.cli import main as sail
+    from megatron_sail.data.build import load_sources
+
+    itself = write(tmp_path, "datasets: [{path: blend.yaml, weight: 1}]")
+    with pytest.raises(BlendError, match=r"datasets\[0\]\.path lists this blend file itself"):
+        load_blend(itself)
+
+    conf = tmp_path / "conf"
+    (conf / "data.jsonl").write_text("")
+    (conf / "a.yaml").write_text("datasets: [{path: data.jsonl, weight: 1}, "
+                                 "{path: b.yaml, weight: 1}]")
+    (conf / "b.yaml").write_text("datasets: [{path: c.yaml, weight: 1}]")
+    (conf / "c.yaml").write_text("datasets: [{path: b.yaml, weight: 1}]")
+    assert sail(["data", "check", str(conf / "a.yaml"), "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"sail data check: error: {conf / 'c.yaml'}: blend files list each other in a "
+                   f"cycle: {conf / 'b.yaml'} -> {conf / 'c.yaml'} -> {conf / 'b.yaml'}\n")
+    # training reads JSONL files and shard directories; a nested blend is named, not misread
+    with pytest.raises(BlendError, match=r"a\.yaml: lists other blend files \[.*b\.yaml'\]"):
+        load_sources(str(conf / "a.yaml"))

@@ -5,6 +5,7 @@ import io
 import json
 import os
 import re
+import shutil
 import tarfile
 
 import pytest
@@ -13,6 +14,7 @@ from megatron_sail.cli import main as sail
 from megatron_sail.data.check import Progress
 from megatron_sail.data.data_cli import parse_size
 from megatron_sail.data.shards import ShardReader
+from tests.data.dataset_fixtures import replace_member
 from tests.data.media_fixtures import chat, image_bytes, truncated_jpeg, video_bytes, write, write_jsonl
 
 RELEASE = "/work/shared/fixtures/sailvl2-2b-release"
@@ -142,6 +144,46 @@ def test_check_finds_a_corrupt_image_inside_a_shard(data_dir, tmp_path, capsys):
     index_path.write_text(json.dumps(index))
     code, out, _ = run(capsys, "check", str(out_dir), "--workers", "1")
     assert "000000000.json (from " in out and "index.json lists image sizes [(10, 10)], the images are [(64, 48)]" in out
+
+
+@pytest.fixture(scope="module")
+def prepared(data_dir, tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("prepared") / "s"
+    assert sail(["data", "prepare", str(data_dir / "data.jsonl"), "--out", str(out_dir),
+                 "--workers", "1"]) == 0
+    return out_dir
+
+
+@pytest.mark.parametrize("kind, linkname, what", [
+    (tarfile.SYMTYPE, "/etc/passwd", "symbolic link (to '/etc/passwd')"),
+    (tarfile.LNKTYPE, "000000000.img0.jpg", "hard link (to '000000000.img0.jpg')"),
+    (tarfile.FIFOTYPE, "", "FIFO"),
+    (tarfile.CHRTYPE, "", "character device")])
+def test_link_and_device_members_are_skipped_and_named(prepared, tmp_path, capsys, kind, linkname,
+                                                       what):
+    out_dir = tmp_path / "s"
+    shutil.copytree(prepared, out_dir)
+    tar_path = replace_member(out_dir, "000000001.img1.png", kind, linkname)
+    code, out, err = run(capsys, "check", str(out_dir), "--workers", "1")
+    assert code == 1 and "Traceback" not in err
+    (line,) = [ln for ln in out.splitlines() if ": unsafe_member: " in ln]
+    assert line == (f"{tar_path}:000000001.img1.png: unsafe_member: {what} member; shards hold "
+                    f"only regular files")
+    assert "unsafe_member: 1" in out  # in the summary's counts; the other samples are fine
+    assert not [ln for ln in out.splitlines() if ln.startswith(str(tar_path)) and ln != line]
+
+
+@pytest.mark.parametrize("name", ["../../etc/passwd", "/etc/passwd", "sub/shard.tar", ".."])
+def test_shard_index_names_only_files_inside_its_directory(prepared, tmp_path, capsys, name):
+    out_dir = tmp_path / "s"
+    shutil.copytree(prepared, out_dir)
+    index = json.loads((out_dir / "index.json").read_text())
+    index["shards"][0]["file"] = name
+    (out_dir / "index.json").write_text(json.dumps(index))
+    code, out, err = run(capsys, "check", str(out_dir), "--workers", "1")
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"sail data check: error: {out_dir / 'index.json'}: shard file "
+                          f"{name!r} is not a file name inside {out_dir}")
 
 
 def test_usage_and_sizes(capsys):

@@ -166,6 +166,34 @@ def test_prepared_shards_and_blends(tokenizer, dataset, tmp_path):
     assert 0.6 < sources.count(0) / len(sources) < 0.9  # weight 3:1, skips aside
 
 
+def test_shard_members_that_are_links_are_skipped_and_named(tokenizer, dataset, tmp_path):
+    """A tar member that is a symbolic link (or any other non-file) is never followed: its
+    sample is skipped as ``unsafe_member``, named by shard and member, and training goes on."""
+    import tarfile
+
+    from megatron_sail.data.check import Settings, prepare
+    from megatron_sail.data.shards import ShardReader
+    from tests.data.dataset_fixtures import replace_member
+
+    settings = Settings(image_size=112, max_tiles=4, num_frames=4,
+                        tokenizer=tokenizer.model_path, seq_length=SEQ)
+    prepare([str(dataset.jsonl)], str(tmp_path / "shards"), settings)
+    reader = ShardReader(str(tmp_path / "shards"))
+    key = next(i for i in range(len(reader)) if reader.index.image_sizes[i])
+    member = next(name for name in reader.members(key) if ".img0." in name)
+    tar_path = replace_member(tmp_path / "shards", member, tarfile.SYMTYPE, "../../etc/passwd")
+    loader = _loader(tokenizer, tmp_path / "shards")
+    size = len(loader.samples.sources[0])
+    skips = []
+    while loader.state_dict()["packing"]["next_position"] < size:
+        skips += loader.next_global_batch().skips
+    (skip,) = [s for s in skips if s.position < size]
+    assert skip.kind == "unsafe_member"
+    assert skip.where.startswith(f"{tar_path}:{member}: unsafe_member: symbolic link")
+    assert loader.state_dict()["skipped"] == {"unsafe_member": 1}
+    loader.close()
+
+
 def test_dali_cpu_image_decoding_gives_the_same_batches(tokenizer, dataset):
     """DALI's CPU decoder (libjpeg-turbo) feeds the same tiles as Pillow."""
     pillow = _loader(tokenizer, dataset.jsonl, "data.image_decoder=pillow")
