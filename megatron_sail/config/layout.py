@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from megatron_sail.config.loader import ConfigError
 from megatron_sail.config.schema import (
-    FREEZABLE, IMAGE_DECODERS, RECOMPUTE, VIDEO_BACKENDS, SailConfig,
+    FREEZABLE, IMAGE_DECODERS, RECOMPUTE, VIDEO_BACKENDS, AdaLRSConfig, SailConfig,
 )
 
 VOCAB_PAD_MULTIPLE = 128  # independent of TP, so every layout shares one padded vocabulary
@@ -221,6 +221,7 @@ def resolve_layout(cfg: SailConfig, world_size: int, cuda_available: bool = Fals
     if cfg.optimizer.lr_decay_style not in ("cosine", "linear", "constant"):
         errors.append(f"optimizer.lr_decay_style='{cfg.optimizer.lr_decay_style}' must be "
                       f"cosine, linear or constant")
+    errors += adalrs_problems(cfg.optimizer.adalrs)
 
     unknown = [f for f in model.freeze if f not in FREEZABLE]
     if unknown:
@@ -260,6 +261,26 @@ def resolve_layout(cfg: SailConfig, world_size: int, cuda_available: bool = Fals
         sequence_parallel=sp, num_microbatches=num_microbatches, padded_vocab_size=padded,
         stage_layers=stage_layers,
     )
+
+
+def adalrs_problems(ada: AdaLRSConfig) -> list[str]:
+    """optimizer.adalrs: every factor and bound in the range where the search makes sense."""
+    errors = []
+    where = "optimizer.adalrs"
+    if ada.window < 2:
+        errors.append(f"{where}.window={ada.window} must be >= 2 (a slope needs two losses)")
+    if not ada.alpha > 1:
+        errors.append(f"{where}.alpha={ada.alpha} must be > 1 (it raises the LR)")
+    if not 0 < ada.alpha_decay <= 1:
+        errors.append(f"{where}.alpha_decay={ada.alpha_decay} must be in (0, 1]")
+    if not 0 < ada.beta < 1:
+        errors.append(f"{where}.beta={ada.beta} must be in (0, 1) (it lowers the LR)")
+    if not 0 < ada.min_scale <= 1 <= ada.max_scale:
+        errors.append(f"{where}: need 0 < min_scale <= 1 <= max_scale, got "
+                      f"{ada.min_scale} and {ada.max_scale}")
+    if ada.search_iters is not None and ada.search_iters < 1:
+        errors.append(f"{where}.search_iters={ada.search_iters} must be >= 1 (or null)")
+    return errors
 
 
 def _data_errors(cfg: SailConfig) -> list[str]:

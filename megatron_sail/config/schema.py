@@ -81,6 +81,21 @@ class TrainConfig:
 
 
 @dataclass
+class AdaLRSConfig:
+    """AdaLRS (arXiv 2506.13274): an online search of the LR scale from the training loss's
+    descent velocity (see megatron_sail/training/adalrs.py for the rule)."""
+
+    enabled: bool = False
+    window: int = 50  # k: iterations per least-squares slope estimate (one decision each)
+    alpha: float = 2.0  # raise factor of the first raise
+    alpha_decay: float = 0.9  # raise factor after n LR changes: 1 + (alpha - 1) * decay^n
+    beta: float = 0.5  # shrink factor of a rollback (applied to the scale before the raise)
+    min_scale: float = 0.01  # bounds of the scale multiplying the scheduled LR
+    max_scale: float = 100.0
+    search_iters: Optional[int] = None  # no new raise after this iteration; None: whole run
+
+
+@dataclass
 class OptimizerConfig:
     lr: float = 1e-3
     min_lr: float = 0.0
@@ -92,6 +107,7 @@ class OptimizerConfig:
     # None: train_iters of the first start; fixed from then on (a resumed run keeps it).
     lr_decay_iters: Optional[int] = None
     lr_decay_style: str = "cosine"  # cosine | linear | constant
+    adalrs: AdaLRSConfig = field(default_factory=AdaLRSConfig)
 
 
 @dataclass
