@@ -5,7 +5,6 @@ loads in a new run and exports."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -139,3 +138,17 @@ def test_soup_starts_a_new_run_that_exports(sail, runs, equal_soup, tmp_path):
     lineage = marker(tmp_path / "next" / "checkpoints")["lineage"]
     assert lineage["parent"]["checkpoint"] == marker(equal_soup)["lineage"]["checkpoint"]
     assert _exported(tmp_path / "next" / "checkpoints", tmp_path / "next_hf").names
+
+
+def test_sail_forward_takes_the_soup(equal_soup, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    save_file({"input_ids": torch.arange(3, 11).unsqueeze(0)}, str(tmp_path / "in.safetensors"))
+    proc = subprocess.run([sys.executable, "-m", "megatron_sail.cli", "forward", "--ckpt",
+                           str(equal_soup), "--inputs", str(tmp_path / "in.safetensors"),
+                           "--out", str(tmp_path / "out.safetensors"),
+                           "--img-context-token-id", "5"],
+                          capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    logits = load_file(str(tmp_path / "out.safetensors"))["logits"]
+    assert logits.shape[:2] == (1, 8) and torch.isfinite(logits).all()
