@@ -81,3 +81,18 @@ def test_one_process_takes_the_same_decisions(sail, straight, tmp_path):
     sail.train(tmp_path, *ADALRS, "checkpoint.save_interval=null", nproc=1)
     assert _decisions(sail.metrics(tmp_path)) == _decisions(sail.metrics(straight))
     assert_close_losses(sail.losses(tmp_path), sail.losses(straight), range(1, 16))
+
+
+def test_bf16_rollback_restores_the_fp32_main_weights_too(sail, tmp_path):
+    """bf16: the optimizer's fp32 main parameters are tensors of their own, snapshotted too."""
+    sail.train(tmp_path, "train.train_iters=6", "train.precision=bf16",
+               "optimizer.adalrs.enabled=true", "optimizer.adalrs.window=2",
+               "checkpoint.save_interval=2", "checkpoint.keep_last=null", nproc=2)
+    back = _first_rollback(sail.metrics(tmp_path))
+    root = tmp_path / "checkpoints"
+    snapshot = read_checkpoint(root / f"iter_{back - 2:07d}", tmp_path)
+    rolled = read_checkpoint(root / f"iter_{back:07d}", tmp_path)
+    tensors = [k for k, v in snapshot.items() if isinstance(v, torch.Tensor)]
+    assert any(snapshot[k].dtype == torch.bfloat16 for k in tensors)
+    assert any(k.startswith("optimizer.state.param.") for k in tensors)  # fp32 main weights
+    assert [k for k in tensors if not torch.equal(snapshot[k], rolled[k])] == []
