@@ -4,6 +4,9 @@ with a trial pending, and the same decisions on one process."""
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -62,19 +65,35 @@ def test_rollback_restores_weights_and_optimizer_state_bit_for_bit(sail, straigh
     assert any(not torch.equal(earlier[k], snapshot[k]) for k in tensors)  # it did train
 
 
-def test_resume_with_a_pending_trial_is_exact(sail, straight, tmp_path):
-    ref = sail.metrics(straight)
-    back = _first_rollback(ref)
-    stop = back - WINDOW + 1  # inside the trial that is rolled back
-    sail.train(tmp_path, *ADALRS, f"train.exit_interval={stop}", nproc=2)
-    assert (tmp_path / "checkpoints" / f"iter_{stop:07d}" / "adalrs_snapshot").is_dir()
-    proc = sail.train(tmp_path, *ADALRS, nproc=2)
+@pytest.fixture(scope="module")
+def stopped(sail, straight, tmp_path_factory):
+    """The straight run stopped (with a checkpoint) inside the trial window it rolls back."""
+    back = _first_rollback(sail.metrics(straight))
+    stop = back - WINDOW + 1
+    out = tmp_path_factory.mktemp("adalrs_stopped")
+    sail.train(out, *ADALRS, f"train.exit_interval={stop}", nproc=2)
+    assert (out / "checkpoints" / f"iter_{stop:07d}" / "adalrs_snapshot").is_dir()
+    return out, stop
+
+
+def test_resume_with_a_pending_trial_is_exact(sail, straight, stopped, tmp_path):
+    run = Path(shutil.copytree(stopped[0], tmp_path / "run"))
+    stop = stopped[1]
+    proc = sail.train(run, *ADALRS, nproc=2)
     assert "resumed from" in proc.stdout
-    resumed = sail.metrics(tmp_path)
+    resumed, ref = sail.metrics(run), sail.metrics(straight)
     assert [r["iteration"] for r in resumed] == list(range(1, 16))
     keys = ("loss", "lr", "adalrs/lr_scale", "adalrs/decision")
     for a, b in zip(resumed[stop:], ref[stop:]):
         assert [a.get(k) for k in keys] == [b.get(k) for k in keys], (a, b)
+
+
+def test_resume_with_a_pending_trial_at_another_layout(sail, straight, stopped, tmp_path):
+    """The snapshot is stored layout-independently: DP=2 stops, one process goes on."""
+    run = Path(shutil.copytree(stopped[0], tmp_path / "run"))
+    sail.train(run, *ADALRS, nproc=1)
+    assert _decisions(sail.metrics(run)) == _decisions(sail.metrics(straight))
+    assert_close_losses(sail.losses(run), sail.losses(straight), range(stopped[1] + 1, 16))
 
 
 def test_one_process_takes_the_same_decisions(sail, straight, tmp_path):
