@@ -152,3 +152,25 @@ def test_sail_forward_takes_the_soup(equal_soup, tmp_path):
     assert proc.returncode == 0, proc.stderr
     logits = load_file(str(tmp_path / "out.safetensors"))["logits"]
     assert logits.shape[:2] == (1, 8) and torch.isfinite(logits).all()
+
+
+def test_moe_soup_of_runs_saved_at_different_expert_parallelism(sail, tmp_path):
+    """Experts are stacked per layer in the checkpoint: each is averaged with its namesake,
+    whether its run kept all experts on one rank (EP=1) or split them (EP=2)."""
+    moe = ["model.preset=tiny-moe", "train.train_iters=1", *SHORT]
+    sail.train(tmp_path / "parent", *moe, nproc=1)
+    load = f"checkpoint.load={tmp_path / 'parent' / 'checkpoints'}"
+    sail.train(tmp_path / "a", *moe, load, "train.seed=1", nproc=1)
+    sail.train(tmp_path / "b", *moe, load, "train.seed=2", "parallel.expert_model_parallel_size=2",
+               nproc=2)
+    proc = soup(tmp_path / "a" / "checkpoints", tmp_path / "b" / "checkpoints",
+                "--out", tmp_path / "soup")
+    assert proc.returncode == 0, proc.stderr
+    a = _exported(tmp_path / "a" / "checkpoints", tmp_path / "ea")
+    b = _exported(tmp_path / "b" / "checkpoints", tmp_path / "eb")
+    s = _exported(tmp_path / "soup", tmp_path / "es")
+    experts = [n for n in a.names if ".mlp.experts." in n]
+    assert experts and any(not torch.equal(a.read(n), b.read(n)) for n in experts)
+    for name in a.names:
+        mean = (a.read(name).float() + b.read(name).float()) / 2
+        torch.testing.assert_close(s.read(name).float(), mean, rtol=0, atol=1e-6)
