@@ -143,7 +143,8 @@ def test_soup_starts_a_new_run_that_exports(sail, runs, equal_soup, tmp_path):
 def test_sail_forward_takes_the_soup(equal_soup, tmp_path):
     from safetensors.torch import load_file, save_file
 
-    save_file({"input_ids": torch.arange(3, 11).unsqueeze(0)}, str(tmp_path / "in.safetensors"))
+    # text only: no <IMG_CONTEXT> (id 5) without pixel_values
+    save_file({"input_ids": torch.arange(10, 18).unsqueeze(0)}, str(tmp_path / "in.safetensors"))
     proc = subprocess.run([sys.executable, "-m", "megatron_sail.cli", "forward", "--ckpt",
                            str(equal_soup), "--inputs", str(tmp_path / "in.safetensors"),
                            "--out", str(tmp_path / "out.safetensors"),
