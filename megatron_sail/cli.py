@@ -19,6 +19,7 @@ sail flops --preset NAME --seq-length L [--tiles T] [--freeze ...] [--json]
 sail plan --preset NAME --gpus N [--gpu-mem 80]
 sail scaling sweep SWEEP.yaml | sail scaling fit RUN_DIR...
 sail data check PATH... | sail data prepare JSONL... --out DIR  (JSONL, shard dirs, blends)
+sail soup CKPT CKPT... --out DIR [--weights w1,w2,...] [--force]
 every command answers --help"""
 
 TRAIN_USAGE = """usage: sail train [CONFIG.yaml] [key=value ...] [--nproc-per-node N]
@@ -133,6 +134,7 @@ COMMANDS = {
     "plan": _delegate("megatron_sail.scaling.plan_cli"),
     "scaling": _delegate("megatron_sail.scaling.cli"),
     "data": _delegate("megatron_sail.data.data_cli"),
+    "soup": _delegate("megatron_sail.convert.soup_cli"),
 }
 
 

@@ -90,8 +90,10 @@ def _local_write_results() -> None:
 
 
 def save_checkpoint(root: Path, iteration: int, chunks, optimizer, common: dict,
-                    marker: dict, keep_last: Optional[int] = None) -> Path:
-    """Collective: every rank calls it. ``common`` (plain values) is stored once."""
+                    marker: dict, keep_last: Optional[int] = None,
+                    also: Optional[Callable[[Path], None]] = None) -> Path:
+    """Collective: every rank calls it. ``common`` (plain values) is stored once.
+    ``also(directory)`` (collective) adds to the checkpoint before it is published."""
     root = Path(root)
     final = iteration_dir(root, iteration)
     tmp = final.with_name(final.name + ".tmp")
@@ -109,6 +111,9 @@ def save_checkpoint(root: Path, iteration: int, chunks, optimizer, common: dict,
     _local_write_results()
     dist_checkpointing.save(state, str(tmp))
     torch.distributed.barrier()
+    if also is not None:
+        also(tmp)
+        torch.distributed.barrier()
     if rank == 0:
         publish(tmp, final, iteration, marker, keep_last)
     torch.distributed.barrier()
@@ -148,24 +153,29 @@ def load_common(ckpt_dir: Path) -> dict:
     return common[COMMON_KEY]
 
 
-def load_checkpoint(ckpt_dir: Path, chunks, optimizer=None, restore_rng: bool = True,
-                    validate: Optional[Callable[[dict], None]] = None) -> dict:
-    """Collective. Loads model (and optimizer) state in place; returns the common state.
-    ``validate(common)`` runs before any tensor is read (e.g. an architecture check)."""
-    ckpt_dir = Path(ckpt_dir)
-    marker = read_marker(ckpt_dir)
-    common = load_common(ckpt_dir)
-    if validate is not None:
-        validate(common)
+def save_training_state(directory: Path, chunks, optimizer) -> None:
+    """Collective: model and optimizer state alone (no RNG, no common state) into the new
+    directory ``directory`` - e.g. a second training state kept inside a checkpoint."""
+    directory = Path(directory)
+    if torch.distributed.get_rank() == 0:
+        directory.mkdir(parents=True)
+    torch.distributed.barrier()
+    state = model_sharded_state_dict(chunks)
+    if _has_params(optimizer):
+        state["optimizer"] = optimizer.sharded_state_dict(state, metadata=_metadata())
+    _local_write_results()
+    dist_checkpointing.save(state, str(directory))
+    torch.distributed.barrier()
+
+
+def _load_tensors(ckpt_dir: Path, chunks, optimizer, rng: bool) -> None:
     state = model_sharded_state_dict(chunks)
     optimizer = optimizer if _has_params(optimizer) else None
     if optimizer is not None:
         _materialise_optimizer_state(optimizer)
         state["optimizer"] = optimizer.sharded_state_dict(state, is_loading=True,
                                                           metadata=_metadata())
-    same_layout = marker.get("pp_tp") == [parallel_state.get_pipeline_model_parallel_world_size(),
-                                          parallel_state.get_tensor_model_parallel_world_size()]
-    if restore_rng and same_layout:
+    if rng:
         state["rng_state"] = _rng_object(None)
     try:
         loaded = dist_checkpointing.load(state, str(ckpt_dir))
@@ -177,4 +187,23 @@ def load_checkpoint(ckpt_dir: Path, chunks, optimizer=None, restore_rng: bool = 
         optimizer.load_state_dict(loaded["optimizer"])
     if "rng_state" in loaded:
         _restore_rng(loaded["rng_state"])
+
+
+def load_training_state(directory: Path, chunks, optimizer) -> None:
+    """Collective: what ``save_training_state`` wrote, at any layout, loaded in place."""
+    _load_tensors(Path(directory), chunks, optimizer, rng=False)
+
+
+def load_checkpoint(ckpt_dir: Path, chunks, optimizer=None, restore_rng: bool = True,
+                    validate: Optional[Callable[[dict], None]] = None) -> dict:
+    """Collective. Loads model (and optimizer) state in place; returns the common state.
+    ``validate(common)`` runs before any tensor is read (e.g. an architecture check)."""
+    ckpt_dir = Path(ckpt_dir)
+    marker = read_marker(ckpt_dir)
+    common = load_common(ckpt_dir)
+    if validate is not None:
+        validate(common)
+    same_layout = marker.get("pp_tp") == [parallel_state.get_pipeline_model_parallel_world_size(),
+                                          parallel_state.get_tensor_model_parallel_world_size()]
+    _load_tensors(ckpt_dir, chunks, optimizer, rng=restore_rng and same_layout)
     return common

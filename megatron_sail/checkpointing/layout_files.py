@@ -169,3 +169,43 @@ def publish(tmp_dir: Path, final_dir: Path, iteration: int, marker: dict,
                       if p.is_dir() and not p.name.endswith(".tmp") and (p / MARKER_FILE).exists())
         for old in done[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
+
+
+# -- lineage: where a checkpoint's weights came from, decidable from checkpoints alone -------
+ARCH_PARTS = ("vision", "adapter", "llm")
+
+
+def architecture_fingerprint(config: dict) -> str:
+    """A digest of the stored config's architecture (model.vision/adapter/llm): equal for
+    checkpoints whose weights have the same names, shapes and meaning."""
+    import hashlib
+
+    parts = {part: config["model"][part] for part in ARCH_PARTS}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_lineage(run: dict, arch: str, parent: Optional[dict]) -> dict:
+    """What a run stamps on each of its checkpoints: its identity (e.g. id and seed), the
+    architecture fingerprint and the lineage of the checkpoint it started from (None: from
+    scratch)."""
+    return {"run": run, "arch": arch, "parent": parent}
+
+
+def stamped(lineage: dict, iteration: int) -> dict:
+    """The lineage of one checkpoint of the run: ``checkpoint`` is its identity."""
+    return {"checkpoint": f"{lineage['run']['id']}@{iteration}", **lineage}
+
+
+def checkpoint_lineage(ckpt_dir: Path) -> dict:
+    """A checkpoint's lineage from its description file. Checkpoints written before lineage
+    was recorded are known by their path alone (architecture and parent unknown)."""
+    marker = read_marker(ckpt_dir)
+    if isinstance(marker.get("lineage"), dict) and "checkpoint" in marker["lineage"]:
+        return marker["lineage"]
+    resolved = Path(ckpt_dir).resolve()
+    return {"checkpoint": f"path:{resolved}", "run": None, "arch": None, "parent": None}
+
+
+def parent_id(lineage: dict) -> Optional[str]:
+    parent = lineage.get("parent")
+    return parent.get("checkpoint") if isinstance(parent, dict) else None

@@ -93,6 +93,21 @@ class TrainConfig:
 
 
 @dataclass
+class AdaLRSConfig:
+    """AdaLRS (arXiv 2506.13274): an online search of the LR scale from the training loss's
+    descent velocity (see megatron_sail/training/adalrs.py for the rule)."""
+
+    enabled: bool = False
+    window: int = num(50, ge=2)  # k: iterations per least-squares slope estimate (one decision each)
+    alpha: float = num(2.0, gt=1)  # raise factor of the first raise
+    alpha_decay: float = num(0.9, gt=0, le=1)  # raise factor after n LR changes: 1 + (alpha - 1) * decay^n
+    beta: float = num(0.5, gt=0, lt=1)  # shrink factor of a rollback (applied to the scale before the raise)
+    min_scale: float = num(0.01, gt=0, le=1)  # bounds of the scale multiplying the scheduled LR
+    max_scale: float = num(100.0, ge=1)
+    search_iters: Optional[int] = num(None, ge=1)  # no new raise after this iteration; None: whole run
+
+
+@dataclass
 class OptimizerConfig:
     lr: float = num(1e-3, ge=0)
     min_lr: float = num(0.0, ge=0)  # <= lr
@@ -104,6 +119,7 @@ class OptimizerConfig:
     # None: train_iters of the first start; fixed from then on (a resumed run keeps it).
     lr_decay_iters: Optional[int] = num(None, ge=1)
     lr_decay_style: Literal["cosine", "linear", "constant"] = "cosine"
+    adalrs: AdaLRSConfig = field(default_factory=AdaLRSConfig)
 
 
 @dataclass

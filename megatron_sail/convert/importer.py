@@ -46,7 +46,7 @@ def write_world_size(tp: int, pp: int, ep: int) -> int:
 
 def write_checkpoint(opened: "Opened", out: str | Path, tp: int = 1, pp: int = 1, ep: int = 1,
                      origin: dict | None = None, progress: bool = True,
-                     ranks: Optional[Ranks] = None) -> WriteReport:
+                     ranks: Optional[Ranks] = None, lineage: Optional[dict] = None) -> WriteReport:
     """``ranks``: processes already started for this layout (see ``write_world_size``); they
     run this one job and are stopped on return."""
     cfg = SailConfig(model=opened.model)
@@ -68,7 +68,7 @@ def write_checkpoint(opened: "Opened", out: str | Path, tp: int = 1, pp: int = 1
     with staging_dir(out) as tmp, (ranks or Ranks(world)) as procs:
         spec = {"config": config_to_dict(cfg), "source": opened.spec, "root": str(tmp),
                 "origin": origin or opened.spec, "hf_config": opened.hf_config,
-                "progress": progress}
+                "progress": progress, "lineage": lineage}
         results = procs.run("write", spec)
         bad = results[0]["reload_mismatches"]
         if bad:

@@ -197,6 +197,10 @@ class Values:
 
     @classmethod
     def from_spec(cls, spec: dict, model: ModelConfig, dtype: torch.dtype) -> "Values":
+        if spec["kind"] == "soup":  # the weighted mean of checkpoints (same interface)
+            from megatron_sail.convert.soup import SoupValues
+
+            return SoupValues(spec["ckpts"], spec["weights"])
         if spec["kind"] == "release":
             return cls([(sailvl_release(model), SafetensorsDir(spec["dir"]))], dtype)
         vit, adapter, llm = _init_tables(model)

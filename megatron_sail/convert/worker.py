@@ -49,6 +49,8 @@ def _write_job(spec: dict, cfg, layout) -> dict:
     marker = {"iteration": 0, "consumed_samples": 0, "pp_tp": [layout.pp, layout.tp],
               "layout": dataclasses.asdict(layout), "format": "megatron-dist-ckpt/torch_dist",
               "converted_from": spec["origin"]}
+    if spec.get("lineage") is not None:  # e.g. a model soup's inputs
+        marker["lineage"] = spec["lineage"]
     root = Path(spec["root"])
     # torch.save's zip CRC-32 over every byte (1-3 s per 2.5 GB here) is never checked by
     # torch.load; the reload below compares a checksum of every shard end to end instead

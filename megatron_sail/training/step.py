@@ -94,7 +94,9 @@ def _iterators(model_chunks, microbatches: list[MicroBatch], all_chunks: bool = 
 
 def run_step(model_chunks, optimizer, scheduler, microbatches: list[MicroBatch],
              seq_length: int, micro_batch_size: int, forward_only: bool = False,
-             before_microbatch: Optional[Callable[[MicroBatch], None]] = None) -> StepResult:
+             before_microbatch: Optional[Callable[[MicroBatch], None]] = None,
+             lr_scale: float = 1.0) -> StepResult:
+    """``lr_scale`` multiplies the scheduled LR of this step (AdaLRS)."""
     if not forward_only:
         for chunk in model_chunks:
             chunk.zero_grad_buffer()
@@ -111,6 +113,9 @@ def run_step(model_chunks, optimizer, scheduler, microbatches: list[MicroBatch],
     grad_norm = None
     if not forward_only:
         scheduler.step(increment=1)  # iteration k runs with the schedule's lr at step k
+        if lr_scale != 1.0:  # the scheduler sets every group's lr afresh each step
+            for group in optimizer.param_groups:
+                group["lr"] *= lr_scale
         _, grad_norm, _ = optimizer.step()
     loss_sum, num_tokens = _reduce_losses(losses)
     return StepResult(loss_sum, num_tokens, grad_norm)

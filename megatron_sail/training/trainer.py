@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import uuid
 from pathlib import Path
 
 import torch
@@ -12,7 +13,8 @@ from megatron.core.distributed import finalize_model_grads
 
 from megatron_sail.checkpointing.dist_ckpt import load_checkpoint, save_checkpoint
 from megatron_sail.checkpointing.layout_files import (
-    CheckpointError, latest_checkpoint, resolve_checkpoint,
+    CheckpointError, architecture_fingerprint, checkpoint_lineage, latest_checkpoint,
+    resolve_checkpoint, run_lineage, stamped,
 )
 from megatron_sail.config import ConfigError, SailConfig, config_to_dict, save_config
 from megatron_sail.config.layout import Layout, resolve_layout
@@ -28,11 +30,15 @@ from megatron_sail.models.builder import build_model
 from megatron_sail.training.metrics import MetricsWriter, Progress, truncate_after
 from megatron_sail.training.moe_metrics import RoutingStats
 from megatron_sail.scaling.mfu import ThroughputMeter
+from megatron_sail.training.adalrs import AdaLRS
 from megatron_sail.training.optimizer import (
     build_optimizer, build_scheduler, resume_conflicts, wrap_ddp,
 )
 from megatron_sail.training.signals import StopRequest
 from megatron_sail.training.step import run_step
+
+
+ADALRS_SNAPSHOT = "adalrs_snapshot"  # inside a checkpoint: the pending AdaLRS trial's start
 
 
 @dataclasses.dataclass
@@ -137,7 +143,15 @@ class Trainer:
         llm_config.no_sync_func = no_sync[0] if len(no_sync) == 1 else no_sync
 
         self.state = TrainState(lr_decay_iters=_lr_decay_iters(cfg))
+        self.resumed_from = self.parent = None
         common = self._resume_or_init()
+        self.lineage = common.get("lineage") or self._new_lineage()
+        self.adalrs = None
+        if cfg.optimizer.adalrs.enabled:
+            self.adalrs = AdaLRS(cfg.optimizer.adalrs, self.model, self.optimizer,
+                                 common.get("adalrs"))
+            if self.resumed_from is not None:
+                self.adalrs.load_snapshot(self.resumed_from / ADALRS_SNAPSHOT)
         if cfg.optimizer.lr_decay_iters is not None:  # explicit: wins over the first start's
             self.state.lr_decay_iters = _lr_decay_iters(cfg)
         self.scheduler = build_scheduler(cfg, self.optimizer, self.state.lr_decay_iters,
@@ -191,14 +205,24 @@ class Trainer:
             common = load_checkpoint(latest, self.model, self.optimizer,
                                      validate=lambda c: _check_compatible(c["config"], self.cfg, latest))
             self.state = TrainState(**common["train_state"])
+            self.resumed_from = latest
             _print0(f"resumed from {latest} at iteration {self.state.iteration}")
             return common
         if self.cfg.checkpoint.load:
             source = resolve_checkpoint(self.cfg.checkpoint.load)
             load_checkpoint(source, self.model, optimizer=None, restore_rng=False,
                             validate=lambda c: _check_compatible(c["config"], self.cfg, source))
+            self.parent = checkpoint_lineage(source)
             _print0(f"initialised weights from {source}")
         return {}
+
+    def _new_lineage(self) -> dict:
+        """A run's identity (agreed by every rank), architecture and parent checkpoint."""
+        run_id = [uuid.uuid4().hex[:16]]
+        torch.distributed.broadcast_object_list(run_id, src=0)
+        run = {"id": run_id[0], "seed": self.cfg.train.seed,
+               "output_dir": str(self.output_dir.resolve())}
+        return run_lineage(run, architecture_fingerprint(config_to_dict(self.cfg)), self.parent)
 
     def save(self) -> Path:
         it = self.state.iteration
@@ -206,7 +230,10 @@ class Trainer:
             "train_state": dataclasses.asdict(self.state),
             "scheduler": self.scheduler.state_dict(),
             "config": config_to_dict(self.cfg),
+            "lineage": self.lineage,
         }
+        if self.adalrs is not None:
+            common["adalrs"] = self.adalrs.state_dict()
         if self.data is not None:
             common["data"] = self.data.state_dict()
         marker = {
@@ -215,9 +242,11 @@ class Trainer:
             "pp_tp": [self.layout.pp, self.layout.tp],
             "layout": dataclasses.asdict(self.layout),
             "format": "megatron-dist-ckpt/torch_dist",
+            "lineage": stamped(self.lineage, it),
         }
+        snapshot = (lambda d: self.adalrs.save_snapshot(d / ADALRS_SNAPSHOT)) if self.adalrs else None
         path = save_checkpoint(self.ckpt_root, it, self.model, self.optimizer, common, marker,
-                               self.cfg.checkpoint.keep_last)
+                               self.cfg.checkpoint.keep_last, also=snapshot)
         _print0(f"saved checkpoint {path}")
         return path
 
@@ -285,7 +314,8 @@ class Trainer:
                 microbatches = self._microbatches(self.batches, state.consumed_samples)
             result = run_step(self.model, self.optimizer, self.scheduler, microbatches,
                               cfg.data.seq_length, train.micro_batch_size,
-                              before_microbatch=self.routing.observe if self.routing else None)
+                              before_microbatch=self.routing.observe if self.routing else None,
+                              lr_scale=self.adalrs.scale if self.adalrs else 1.0)
             if self.routing:
                 self.routing.end_step(self.layout.num_microbatches)
             elapsed = time.perf_counter() - t0
@@ -309,12 +339,14 @@ class Trainer:
                 **self.throughput.metrics(elapsed, shapes),
                 **data_metrics,
             }
+            if self.adalrs:  # may roll the weights back, before evaluation and saving
+                record.update(self.adalrs.step(state.iteration, result.loss))
             if train.eval_interval and state.iteration % train.eval_interval == 0:
                 for chunk in self.model:
                     chunk.eval()
                 record.update(self.evaluate())
             log_now = (state.iteration % train.log_interval == 0
-                       or state.iteration == train.train_iters)
+                       or state.iteration == train.train_iters or "adalrs/decision" in record)
             if log_now and self.routing:
                 record.update(self.routing.metrics())  # collective
             if self.metrics and log_now:
