@@ -14,7 +14,8 @@ sail slurm status RUN_DIR
 sail flops --preset NAME --seq-length L [--tiles T] [--freeze ...] [--json]
 sail plan --preset NAME --gpus N [--gpu-mem 80]
 sail scaling sweep SWEEP.yaml | sail scaling fit RUN_DIR...
-sail data check PATH... | sail data prepare JSONL... --out DIR  (JSONL, shard dirs, blends)"""
+sail data check PATH... | sail data prepare JSONL... --out DIR  (JSONL, shard dirs, blends)
+sail recipe run|show|status|submit RECIPE.yaml|ROOT ...  (the SAIL-VL2 stage chain)"""
 
 
 class UsageError(ValueError):
@@ -119,6 +120,7 @@ COMMANDS = {
     "plan": _delegate("megatron_sail.scaling.plan_cli"),
     "scaling": _delegate("megatron_sail.scaling.cli"),
     "data": _delegate("megatron_sail.data.data_cli"),
+    "recipe": _delegate("megatron_sail.recipe.cli"),
 }
 
 

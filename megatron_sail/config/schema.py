@@ -99,6 +99,10 @@ class CheckpointConfig:
     save_interval: Optional[int] = None
     keep_last: Optional[int] = None  # None keeps every checkpoint
     load: Optional[str] = None  # weights to start from when output_dir has no checkpoint
+    # Parts (vision, adapter, llm) drawn afresh from train.seed after checkpoint.load, exactly as
+    # a fresh run initialises them (e.g. the new adapter of basic multimodal pre-training).
+    # Applied at the first start only; a resumed run keeps its trained weights.
+    reinit: list[str] = field(default_factory=list)
 
 
 # Choices of data.video_backend / data.image_decoder ("auto" picks per file or per machine).
