@@ -57,17 +57,13 @@ def _arg(key: str, value) -> str:
     return f"{key}={json.dumps(value)}"
 
 
-def _smallest_world(cfg: SailConfig) -> int:
-    par = cfg.parallel
-    return (par.tensor_model_parallel_size * par.pipeline_model_parallel_size
-            * par.expert_model_parallel_size)
-
-
 def _resolve(label: str, config: str | None, overrides: list[str], world: int | None,
              gpus: bool, errors: list[str]) -> TrainPlan | None:
+    """``world`` None: the config alone (keys and types), not its layout or files."""
     try:
         cfg = load_config(config, overrides)
-        resolve_layout(cfg, world or _smallest_world(cfg), cuda_available=gpus, te_available=gpus)
+        if world is not None:
+            resolve_layout(cfg, world, cuda_available=gpus, te_available=gpus)
     except ConfigError as exc:
         errors.append(f"stage {label}: {exc}")
         return None
@@ -88,8 +84,9 @@ def _train_overrides(recipe: Recipe, stage: Stage, run_dir: Path, start_from: Pa
 def plan_recipe(recipe: Recipe, root: Path, world: int | None = 1, extra: list[str] = (),
                 gpus: bool = False) -> list[StagePlan]:
     """Every stage resolved; all problems of all stages raised together as one RecipeError.
-    ``world`` is the number of ranks the stages will run on (checked against each layout;
-    None: the smallest each layout allows), ``gpus`` whether they run on GPUs."""
+    ``world`` is the number of ranks the stages will run on, checked against each layout
+    with the files it names (None: only the configs' keys and values, for display);
+    ``gpus`` whether they run on GPUs."""
     root = Path(root).absolute()
     errors: list[str] = []
     plans: list[StagePlan] = []
