@@ -9,11 +9,14 @@ import os
 import socket
 from pathlib import Path
 
-from megatron_sail.checkpointing.layout_files import write_atomic
+from megatron_sail.checkpointing.layout_files import (
+    CheckpointError, resolve_checkpoint, write_atomic,
+)
 from megatron_sail.distributed.launcher import launch_local
 from megatron_sail.recipe.plan import (
     StagePlan, TrainPlan, completed_iteration, soup_finished, train_finished,
 )
+from megatron_sail.recipe.schema import RecipeError
 
 log = logging.getLogger("megatron_sail.recipe")
 
@@ -22,10 +25,11 @@ RUNNER_FILE = "recipe_runner.json"  # which process runs the stage: read by `sai
 
 
 def soup(ckpts: list[Path], out: Path, weights: list[float] | None) -> Path:
-    """The homologous model soup (``sail soup``): a weighted average written as a checkpoint."""
+    """The homologous model soup (``sail soup``): a weighted average written as a checkpoint.
+    ``ckpts`` are runs' ``checkpoints/`` directories: each run's last checkpoint is souped."""
     from megatron_sail.checkpointing.soup import soup_checkpoints
 
-    return soup_checkpoints(ckpts, out, weights=weights)
+    return soup_checkpoints([resolve_checkpoint(c) for c in ckpts], out, weights=weights)
 
 
 def _mark_running(run_dir: Path) -> None:
@@ -70,6 +74,14 @@ def _soup_stage(plan: StagePlan, nproc: int) -> int:
     return 0
 
 
+def _has_checkpoint(path: Path) -> bool:
+    try:
+        resolve_checkpoint(path)
+    except CheckpointError:
+        return False
+    return True
+
+
 def _previous_output(plans: list[StagePlan], index: int) -> Path | None:
     for plan in reversed(plans[:index]):
         if plan.output is not None:
@@ -84,6 +96,9 @@ def run_stages(all_plans: list[StagePlan], selected: list[StagePlan], nproc: int
             log.info("stage %s: kind rl is not available yet — skipped; the next stage starts "
                      "from %s", stage.name, _previous_output(all_plans, plan.index) or "nothing")
             continue
+        if plan.start_from is not None and not _has_checkpoint(plan.start_from):
+            raise RecipeError(f"stage {stage.name} starts from {plan.start_from}, which holds no "
+                              f"checkpoint yet: run the stages before it first")
         if stage.kind == "train":
             rc = _train(plan.train, nproc)
         else:

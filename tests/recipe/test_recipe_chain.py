@@ -142,7 +142,7 @@ def test_rerun_skips_finished_stages_and_status_shows_them(chain):
     rows = {line.split()[0]: line for line in status.stdout.splitlines()[2:] if line.strip()}
     assert "finished" in rows["10-think-fusion-sft"] and "4/4" in rows["10-think-fusion-sft"]
     assert "skipped" in rows["09-rl-reasoning"]
-    assert "not started" in rows["11-rl-mixed"]
+    assert "skipped" in rows["11-rl-mixed"] and "finished" in rows["07-soup"]
 
 
 def _adapter(tensors: dict) -> dict:

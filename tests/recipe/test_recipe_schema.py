@@ -90,6 +90,17 @@ def test_hand_off_loads_the_previous_output_freezes_and_reinitialises(tmp_path):
     assert all(p.run_dir.name[:3] == f"{p.index + 1:02d}-" for p in plans.values())
 
 
+def test_reinit_needs_loaded_weights_and_names_parts():
+    from megatron_sail.config import ConfigError, load_config
+    from megatron_sail.config.layout import resolve_layout
+
+    cfg = load_config(TINY, ["checkpoint.reinit=[adapter,eyes]"])
+    with pytest.raises(ConfigError) as info:
+        resolve_layout(cfg, 1)
+    assert "checkpoint.reinit has ['eyes']" in str(info.value)
+    assert "without checkpoint.load every part is fresh already" in str(info.value)
+
+
 def _sail(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
     return subprocess.run(command(*args), capture_output=True, text=True, cwd=REPO,
                           timeout=timeout)
