@@ -40,9 +40,9 @@ def _load(recipe_path: str, root: Path, overrides: list[str], world: int | None,
 
 
 def cmd_run(args: list[str]) -> int:
-    from megatron_sail.recipe.plan import select
+    from megatron_sail.recipe.plan import select, stage_finished
     from megatron_sail.recipe.report import write_root_record
-    from megatron_sail.recipe.runner import run_stages
+    from megatron_sail.recipe.runner import check_start, run_stages
 
     parser = _Parser(prog="sail recipe run", description="run a recipe's stages in order")
     parser.add_argument("recipe")
@@ -56,6 +56,9 @@ def cmd_run(args: list[str]) -> int:
     root = Path(ns.out).absolute()
     recipe, plans = _load(ns.recipe, root, ns.overrides, ns.nproc_per_node)
     selected = select(recipe, plans, ns.until, ns.only)
+    first = next((p for p in selected if p.stage.kind != "rl"), None)
+    if first is not None and not stage_finished(first):
+        check_start(first)  # before anything is written
     write_root_record(root, recipe.path, ns.overrides)
     return run_stages(plans, selected, ns.nproc_per_node)
 

@@ -109,8 +109,18 @@ def plan_recipe(recipe: Recipe, root: Path, world: int | None = 1, extra: list[s
         if plan.output is not None:
             previous = plan.output
     if errors:
-        raise RecipeError("\n".join(errors))
+        raise RecipeError("\n".join(_once(errors, list(extra))))
     return plans
+
+
+def _once(errors: list[str], extra: list[str]) -> list[str]:
+    """A bad command-line override fails every stage alike: say so once, without a stage."""
+    out = []
+    for error in errors:
+        if any(f"override {text!r}" in error for text in extra):
+            error = error.split(": ", 1)[1]
+        out.append(error)
+    return list(dict.fromkeys(out))
 
 
 def _soup_plan(recipe: Recipe, plan: StagePlan, source: StagePlan | None, extra: list[str],

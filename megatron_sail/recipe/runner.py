@@ -14,7 +14,7 @@ from megatron_sail.checkpointing.layout_files import (
 )
 from megatron_sail.distributed.launcher import launch_local
 from megatron_sail.recipe.plan import (
-    StagePlan, TrainPlan, completed_iteration, soup_finished, train_finished,
+    StagePlan, TrainPlan, completed_iteration, soup_finished, stage_finished, train_finished,
 )
 from megatron_sail.recipe.schema import RecipeError
 
@@ -74,6 +74,13 @@ def _soup_stage(plan: StagePlan, nproc: int) -> int:
     return 0
 
 
+def check_start(plan: StagePlan) -> None:
+    """A stage's starting weights exist (the stages before it are done)."""
+    if plan.start_from is not None and not _has_checkpoint(plan.start_from):
+        raise RecipeError(f"stage {plan.stage.name} starts from {plan.start_from}, which holds "
+                          f"no checkpoint yet: run the stages before it first")
+
+
 def _has_checkpoint(path: Path) -> bool:
     try:
         resolve_checkpoint(path)
@@ -96,9 +103,8 @@ def run_stages(all_plans: list[StagePlan], selected: list[StagePlan], nproc: int
             log.info("stage %s: kind rl is not available yet — skipped; the next stage starts "
                      "from %s", stage.name, _previous_output(all_plans, plan.index) or "nothing")
             continue
-        if plan.start_from is not None and not _has_checkpoint(plan.start_from):
-            raise RecipeError(f"stage {stage.name} starts from {plan.start_from}, which holds no "
-                              f"checkpoint yet: run the stages before it first")
+        if not stage_finished(plan):
+            check_start(plan)
         if stage.kind == "train":
             rc = _train(plan.train, nproc)
         else:
