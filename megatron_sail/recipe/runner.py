@@ -4,6 +4,7 @@ directory (training resumes exactly), so rerunning the same command continues th
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -27,15 +28,18 @@ RUNNER_FILE = "recipe_runner.json"  # which process runs the stage: read by `sai
 def soup(ckpts: list[Path], out: Path, weights: list[float] | None) -> Path:
     """The homologous model soup (``sail soup``): a weighted average written as a checkpoint.
     ``ckpts`` are runs' ``checkpoints/`` directories: each run's last checkpoint is souped."""
-    from megatron_sail.checkpointing.soup import soup_checkpoints
-
+    try:
+        from megatron_sail.checkpointing.soup import soup_checkpoints
+    except ImportError as exc:
+        raise RecipeError(f"a soup stage needs the model soup (sail soup), which this build "
+                          f"lacks: {exc}") from None
     return soup_checkpoints([resolve_checkpoint(c) for c in ckpts], out, weights=weights)
 
 
 def _mark_running(run_dir: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(run_dir / RUNNER_FILE,
-                 f'{{"pid": {os.getpid()}, "host": "{socket.gethostname()}"}}\n')
+                 json.dumps({"pid": os.getpid(), "host": socket.gethostname()}) + "\n")
 
 
 def _train(train: TrainPlan, nproc: int) -> int:
