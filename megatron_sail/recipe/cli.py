@@ -13,15 +13,19 @@ sail recipe status ROOT
 sail recipe submit RECIPE.yaml --out ROOT [--until STAGE] [key=value ...] + the sail slurm submit options"""
 
 
+class _UsageError(ValueError):
+    pass
+
+
+def _usage_error(message: str):
+    raise _UsageError(message)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a bad command line is one error line and exit 2."""
 
     def error(self, message: str):
-        raise _UsageError(message)
-
-
-class _UsageError(ValueError):
-    pass
+        _usage_error(message)
 
 
 def _positive(text: str) -> int:
@@ -97,7 +101,7 @@ def cmd_submit(args: list[str]) -> int:
     from megatron_sail.recipe.submit import submit_recipe
 
     parser = _job_parser("sail recipe submit", "a recipe's stages as chained jobs")
-    parser.error = lambda message: (_ for _ in ()).throw(_UsageError(message))
+    parser.error = _usage_error  # sail slurm's parser, with one-line errors
     parser.add_argument("--out", required=True)
     parser.add_argument("--until")
     ns = parser.parse_intermixed_args(args)

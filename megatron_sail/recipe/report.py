@@ -61,6 +61,7 @@ def show(plans: list[StagePlan]) -> str:
 
 
 def _adalrs(cfg) -> bool:
+    """Whether the stage searches its LR with AdaLRS (optimizer.adalrs, where the build has it)."""
     adalrs = getattr(cfg.optimizer, "adalrs", None)
     return bool(getattr(adalrs, "enabled", False))
 

@@ -137,6 +137,8 @@ def test_shipped_recipes_load_and_use_the_stage_names(name):
     (["status", "ROOT"], "not made by sail recipe run or submit"),
     (["show", "RECIPE", "stages=1"], "override 'stages=1': unknown config key 'stages'"),
     (["run", "RECIPE", "--out", "ROOT", "--only", "sft"], "stage sft starts from"),
+    (["submit", "RECIPE", "--gpus-per-node", "0", "--ntasks-per-node", "2"],
+     "the following arguments are required: --out"),
 ])
 def test_errors_are_one_line_and_exit_2(tmp_path, args, message):
     recipe = str(tiny_recipe(tmp_path))
