@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def _stage_checkpoint(root: Path, stage: str) -> Path:
 
 def export(root: Path, stage: str, out: Path) -> dict[str, torch.Tensor]:
     proc = subprocess.run(
-        [os.sys.executable, "-m", "megatron_sail.cli", "convert", "export-hf",
+        [sys.executable, "-m", "megatron_sail.cli", "convert", "export-hf",
          "--ckpt", str(_stage_checkpoint(root, stage)), "--out", str(out)],
         capture_output=True, text=True, cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -160,7 +161,7 @@ def test_fresh_adapter_is_a_fresh_runs_adapter(chain):
     for name, extra in (("reinit", [f"checkpoint.load={root / '03-vit-knowledge' / 'checkpoints'}",
                                      "checkpoint.reinit=[adapter]"]),
                         ("fresh", [])):
-        proc = subprocess.run([os.sys.executable, "-m", "megatron_sail.cli", "train", TINY,
+        proc = subprocess.run([sys.executable, "-m", "megatron_sail.cli", "train", TINY,
                                f"run.output_dir={tmp / name}", *common, *extra],
                               capture_output=True, text=True, cwd=REPO, timeout=600)
         assert proc.returncode == 0, proc.stderr[-4000:]
