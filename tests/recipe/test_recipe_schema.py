@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -171,3 +172,29 @@ def test_submit_chains_the_stage_jobs_with_afterok(tmp_path):
     assert f"recipe run {tmp_path / 'tiny.yaml'} --out {tmp_path / 'root'} --only soup" in soup
     assert "stage rl-reasoning: kind rl is not available yet — skipped" in proc.stdout
     assert not (tmp_path / "root").exists()  # a dry run writes nothing
+
+
+def test_status_tells_running_from_interrupted_and_not_started(tmp_path):
+    import json
+    import os
+    import socket
+
+    from megatron_sail.recipe.report import status
+    from megatron_sail.recipe.runner import RUNNER_FILE
+
+    root = tmp_path / "root"
+    plans = plan_recipe(load_recipe(tiny_recipe(tmp_path)), root, world=2)
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # a process id that has ended
+    for stage, pid in (("01-vit-warmup", child.pid), ("02-vit-align", os.getpid())):
+        (root / stage).mkdir(parents=True)
+        (root / stage / RUNNER_FILE).write_text(
+            json.dumps({"pid": pid, "host": socket.gethostname()}))
+    (root / "02-vit-align" / "metrics.jsonl").write_text(
+        json.dumps({"iteration": 3, "loss": 2.5}) + "\n")
+    rows = {line.split()[0]: line for line in status(plans).splitlines()[2:]}
+    assert "interrupted (rerun to resume)" in rows["01-vit-warmup"]
+    assert "running" in rows["02-vit-align"] and "3/8" in rows["02-vit-align"]
+    assert "2.5000" in rows["02-vit-align"]
+    assert "not started" in rows["03-vit-knowledge"]
+    assert "not souped yet" in rows["07-soup"] and "not started" in rows["07-soup/seed-2"]
