@@ -20,6 +20,7 @@ sail plan --preset NAME --gpus N [--gpu-mem 80]
 sail scaling sweep SWEEP.yaml | sail scaling fit RUN_DIR...
 sail data check PATH... | sail data prepare JSONL... --out DIR  (JSONL, shard dirs, blends)
 sail soup CKPT CKPT... --out DIR [--weights w1,w2,...] [--force]
+sail recipe run|show|status|submit RECIPE.yaml|ROOT ...  (the SAIL-VL2 stage chain)
 every command answers --help"""
 
 TRAIN_USAGE = """usage: sail train [CONFIG.yaml] [key=value ...] [--nproc-per-node N]
@@ -135,6 +136,7 @@ COMMANDS = {
     "scaling": _delegate("megatron_sail.scaling.cli"),
     "data": _delegate("megatron_sail.data.data_cli"),
     "soup": _delegate("megatron_sail.convert.soup_cli"),
+    "recipe": _delegate("megatron_sail.recipe.cli"),
 }
 
 

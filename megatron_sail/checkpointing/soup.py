@@ -5,9 +5,8 @@ lineage, ``layout_files.checkpoint_lineage``): SFT runs of one model under other
 orders. Soups of heterologous checkpoints collapse (SAIL-VL2 report), so they are refused;
 ``force`` overrides a lineage mismatch, never an architecture mismatch.
 
-The decision reads checkpoint description files only. The averaging reads and writes tensors
-with the converter's checkpoint reader and writer (``megatron_sail.convert.soup``), imported
-when a soup is made.
+The decision reads checkpoint description files only; the averaging itself reads and writes
+tensors with the converter's checkpoint reader and writer (``megatron_sail.convert.soup``).
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from megatron_sail.checkpointing.layout_files import (
-    CheckpointError, checkpoint_lineage, parent_id, resolve_checkpoint,
+    CheckpointError, checkpoint_lineage, parent_id,
 )
 
 
@@ -70,21 +69,3 @@ def soup_lineage(dirs: list[Path], weights: list[float], forced: bool) -> dict:
             "arch": lineages[0].get("arch"),
             "parent": lineages[0]["parent"] if len(parents) == 1 else None,
             "inputs": lineages}
-
-
-def soup_checkpoints(ckpts: list[Path], out: Path, weights: Optional[list[float]] = None,
-                     force: bool = False, progress: bool = False) -> Path:
-    """Write the weighted average of ``ckpts``' model weights (accumulated in fp32, stored
-    in the checkpoints' dtype) to ``out`` (``out/iter_0000000`` + latest file), which
-    ``checkpoint.load``, ``sail convert export-hf`` and ``sail forward`` take. Inputs may be
-    run ``checkpoints/`` directories or ``iter_*`` directories, saved at any layout.
-    Raises ``SoupError`` (or another ``CheckpointError``) when refused."""
-    if len(ckpts) < 2:
-        raise SoupError(f"a soup needs at least two checkpoints, got {len(ckpts)}")
-    dirs = [resolve_checkpoint(c) for c in ckpts]
-    weights = normalised_weights(weights, len(dirs))
-    if Path(out).exists():
-        raise SoupError(f"{out}: already exists; remove it or choose another output path")
-    from megatron_sail.convert.soup import write_soup  # the converter's reader and writer
-
-    return write_soup(dirs, Path(out), weights, force, progress)

@@ -203,6 +203,12 @@ def resolve_layout(cfg: SailConfig, world_size: int, cuda_available: bool = Fals
     unknown = [f for f in model.freeze if f not in FREEZABLE]
     if unknown:
         errors.append(f"model.freeze has {unknown}; choose from {', '.join(FREEZABLE)}")
+    unknown = [f for f in cfg.checkpoint.reinit if f not in FREEZABLE]
+    if unknown:
+        errors.append(f"checkpoint.reinit has {unknown}; choose from {', '.join(FREEZABLE)}")
+    if cfg.checkpoint.reinit and not cfg.checkpoint.load:
+        errors.append("checkpoint.reinit re-draws parts of the weights checkpoint.load loads; "
+                      "without checkpoint.load every part is fresh already")
     if set(model.freeze) >= set(FREEZABLE):
         errors.append("model.freeze names every part: nothing would train")
 

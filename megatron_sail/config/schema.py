@@ -127,6 +127,10 @@ class CheckpointConfig:
     save_interval: Optional[int] = num(None, ge=1)
     keep_last: Optional[int] = num(None, ge=1)  # None keeps every checkpoint
     load: Optional[str] = None  # weights to start from when output_dir has no checkpoint
+    # Parts (vision, adapter, llm) drawn afresh from train.seed after checkpoint.load, exactly as
+    # a fresh run initialises them (e.g. the new adapter of basic multimodal pre-training).
+    # Applied at the first start only; a resumed run keeps its trained weights.
+    reinit: list[str] = field(default_factory=list)
 
 
 

@@ -11,7 +11,10 @@ from pathlib import Path
 
 import torch
 
-from megatron_sail.checkpointing.soup import SoupError, lineage_problem, soup_lineage
+from megatron_sail.checkpointing.layout_files import resolve_checkpoint
+from megatron_sail.checkpointing.soup import (
+    SoupError, lineage_problem, normalised_weights, soup_lineage,
+)
 from megatron_sail.config import config_from_dict
 from megatron_sail.convert.dcp_reader import DistCheckpointReader
 from megatron_sail.convert.errors import ConversionError
@@ -95,3 +98,19 @@ def write_soup(dirs: list[Path], out: Path, weights: list[float], force: bool,
     except ConversionError as exc:  # callers of a soup expect checkpoint errors
         raise SoupError(str(exc)) from None
     return Path(out)
+
+
+def soup_checkpoints(ckpts: list[Path], out: Path, weights: list[float] | None = None,
+                     force: bool = False, progress: bool = False) -> Path:
+    """Write the weighted average of ``ckpts``' model weights (accumulated in fp32, stored
+    in the checkpoints' dtype) to ``out`` (``out/iter_0000000`` + latest file), which
+    ``checkpoint.load``, ``sail convert export-hf`` and ``sail forward`` take. Inputs may be
+    run ``checkpoints/`` directories or ``iter_*`` directories, saved at any layout.
+    Raises ``SoupError`` (or another ``CheckpointError``) when refused."""
+    if len(ckpts) < 2:
+        raise SoupError(f"a soup needs at least two checkpoints, got {len(ckpts)}")
+    dirs = [resolve_checkpoint(c) for c in ckpts]
+    weights = normalised_weights(weights, len(dirs))
+    if Path(out).exists():
+        raise SoupError(f"{out}: already exists; remove it or choose another output path")
+    return write_soup(dirs, Path(out), weights, force, progress)

@@ -36,7 +36,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--force", action="store_true", help="soup checkpoints of different parents "
                    "(never checkpoints of different architectures)")
     ns = p.parse_args(argv)
-    from megatron_sail.checkpointing.soup import soup_checkpoints
+    from megatron_sail.convert.soup import soup_checkpoints
     from megatron_sail.convert.outputs import exit_on_sigterm
 
     start = time.perf_counter()

@@ -6,7 +6,7 @@ One JSON object per line::
      "conversations": [{"from": "system", "value": "..."},        # optional, first only
                        {"from": "human", "value": "<image>\\nWhat is this?"},
                        {"from": "gpt", "value": "A cat."}, ...],
-     "loss": "all_assistant" | "answer_only"}
+     "loss": "all_assistant" | "answer_only", "thinking": false}
 
 - ``from`` is ``human``/``user``, ``gpt``/``assistant`` or ``system``. After an optional
   leading system turn, turns alternate user, assistant, ..., ending with an assistant turn.
@@ -18,6 +18,13 @@ One JSON object per line::
   with a ``<think>...</think>`` block, that block and the whitespace right after it are
   context; only the rest of the turn (the answer) and its ``<|im_end|>`` are targets.
   Assistant turns without a think block are targets in full.
+- ``thinking: true`` (a CoT sample of think-fusion SFT): the question is asked in thinking
+  mode - ``THINKING_PROMPT``, the prompt of the SAIL-VL2-Thinking release, is appended to every
+  user turn exactly as the release's usage code does (``question + cot_prompt``, no separator)
+  - and every assistant turn must open with a ``<think>...</think>`` block. The prompt is
+  part of the parsed text, so records written back (``to_json``, shards) carry it and no flag.
+  Think-fusion mixes such records (loss on reasoning and answer) with direct-answer records
+  (``loss: answer_only``) at the ratio of their blend weights.
 - Other keys (``width``, ``height``, ...) are ignored. Relative media paths resolve against
   the JSONL file's directory, or against ``root`` when one is given.
 """
@@ -37,6 +44,10 @@ VIDEO_PLACEHOLDER = "<video>"
 SYSTEM, USER, ASSISTANT = "system", "user", "assistant"
 ROLE_NAMES = {"system": SYSTEM, "human": USER, "user": USER, "gpt": ASSISTANT, "assistant": ASSISTANT}
 LOSS_MODES = ("all_assistant", "answer_only")
+# The SAIL-VL2-Thinking release's usage code appends this to the question (`cot_prompt`).
+THINKING_PROMPT = ("You FIRST think about the reasoning process as an internal monologue and then "
+                   "provide the final answer. The reasoning process MUST BE enclosed within "
+                   "<think> </think> tags. The final answer MUST BE put in \\boxed{}.")
 # Text that would break the template or the visual-token count if it appeared literally.
 FORBIDDEN_TEXT = (IMG_CONTEXT, IM_START, IM_END)
 
@@ -184,6 +195,14 @@ def _normalise_placeholders(turns: list[Turn], num_images: int, has_video: bool,
     return turns
 
 
+def _ask_for_thinking(turns: list[Turn], err: Callable[[str], RecordError]) -> list[Turn]:
+    for i, turn in enumerate(turns):
+        if turn.role == ASSISTANT and split_think(turn.text) is None:
+            raise err(f"'thinking' is true but conversations[{i}] does not open with a "
+                      f"{THINK_START}...{THINK_END} block")
+    return [Turn(USER, t.text + THINKING_PROMPT) if t.role == USER else t for t in turns]
+
+
 def parse_record(obj, source: str, line: int | None, base_dir: str | None = None) -> Record:
     """Validate one decoded JSON object. ``base_dir`` resolves relative media paths
     (None keeps references as they are, e.g. shard member names)."""
@@ -214,6 +233,12 @@ def parse_record(obj, source: str, line: int | None, base_dir: str | None = None
             if turn.role == ASSISTANT and turn.text.lstrip().startswith(THINK_START) \
                     and split_think(turn.text) is None:
                 raise err(f"conversations[{i}] opens {THINK_START} but never closes it with {THINK_END}")
+
+    thinking = obj.get("thinking", False)
+    if not isinstance(thinking, bool):
+        raise err(f"'thinking' must be true or false, got {thinking!r}")
+    if thinking:
+        turns = _ask_for_thinking(turns, err)
 
     record_id = obj.get("id")
     if record_id is not None and not isinstance(record_id, (str, int)):

@@ -68,6 +68,9 @@ class ScriptSpec:
     array: bool = False
     max_parallel: int | None = None
     max_restarts: int | None = None  # None: the site's
+    dependency: str | None = None    # e.g. afterok:123 (a recipe's chained stages)
+    # What each task runs after the interpreter; None: `sail train` of the run's stored config.
+    step_args: tuple[str, ...] | None = None
 
 
 def fill(template: str, values: dict[str, str]) -> str:
@@ -97,6 +100,9 @@ def _directives(spec: ScriptSpec) -> list[str]:
         "open-mode": "append",   # a requeued job appends to its log
         "chdir": str(spec.workdir),
         "output": spec.log,
+        "dependency": spec.dependency,
+        # a job whose predecessor failed is cancelled instead of pending forever
+        "kill-on-invalid-dep": "yes" if spec.dependency else None,
     }
     if spec.array:
         throttle = f"%{spec.max_parallel}" if spec.max_parallel else ""
@@ -173,6 +179,8 @@ def render_script(spec: ScriptSpec) -> str:
                  f'export PATH={bindir}:"$PATH"']
     setup = list(site.setup) + setup
     restarts = site.max_restarts if spec.max_restarts is None else spec.max_restarts
+    step = ('train "$RUN_DIR/slurm/config.yaml"' if spec.step_args is None
+            else " ".join(shlex.quote(one_line("step argument", a)) for a in spec.step_args))
     return fill(TEMPLATE.read_text(), {
         "command": spec.command,
         "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -184,4 +192,5 @@ def render_script(spec: ScriptSpec) -> str:
         "env_exports": _env_exports(site),
         "srun_args": "".join(f" {shlex.quote(one_line('srun argument', a))}" for a in srun_args),
         "python": one_line("python interpreter", python),
+        "step": step,
     })

@@ -111,24 +111,31 @@ def submit_run(config: str | Path, overrides: list[str], opts: JobOptions) -> in
                       runs=[RunSpec(run.run_dir, run.cfg.train.train_iters)],
                       workdir=Path.cwd(), log=str(run.run_dir / "slurm/logs/%x-%j.out"),
                       python=opts.python, max_restarts=opts.max_restarts)
-    script_text = render_script(spec)
     if opts.dry_run:
-        print(script_text, end="")
+        print(render_script(spec), end="")
         return 0
-
-    slurm_dir = run.run_dir / "slurm"
-    _refuse_if_active(slurm_dir / SUBMISSION)
-    (slurm_dir / "logs").mkdir(parents=True, exist_ok=True)
-    save_config(run.cfg, slurm_dir / "config.yaml")
-    script = slurm_dir / "job.sbatch"
-    script.write_text(script_text)
-    job_id, line = slurmctl.sbatch(str(script))
-    log = _log_path(spec.log, job_name, job_id)
-    _write_json(slurm_dir / SUBMISSION, {"job_id": job_id, "job_ref": job_id, "log": log,
-                                         **_submission(opts, job_name, script, run.cfg)})
+    job_id, line, log = submit_job(run.run_dir, run.cfg, spec, opts)
     print(line)
     print(f"run {run.run_dir}\nlog {log}\nfollow: sail slurm status {run.run_dir}")
     return 0
+
+
+def submit_job(run_dir: Path, cfg: SailConfig, spec: ScriptSpec,
+               opts: JobOptions) -> tuple[str, str, str]:
+    """sbatch one run's job: its config, script and submission record in RUN_DIR/slurm.
+    Returns (job id, sbatch's line, log path)."""
+    script_text = render_script(spec)
+    slurm_dir = run_dir / "slurm"
+    _refuse_if_active(slurm_dir / SUBMISSION)
+    (slurm_dir / "logs").mkdir(parents=True, exist_ok=True)
+    save_config(cfg, slurm_dir / "config.yaml")
+    script = slurm_dir / "job.sbatch"
+    script.write_text(script_text)
+    job_id, line = slurmctl.sbatch(str(script))
+    log = _log_path(spec.log, spec.job_name, job_id)
+    _write_json(slurm_dir / SUBMISSION, {"job_id": job_id, "job_ref": job_id, "log": log,
+                                         **_submission(opts, spec.job_name, script, cfg)})
+    return job_id, line, log
 
 
 def resolve_sweep(sweep: Sweep, overrides: list[str], request: JobRequest) -> tuple[Path, list[Run]]:

@@ -258,6 +258,10 @@ def build_model(cfg: SailConfig, layout: Layout, img_context_id: int) -> ModelBu
     return ModelBuild(chunks=chunks, llm_config=lm_cfg)
 
 
+# Checkpoint key prefix of each part model.freeze / checkpoint.reinit name.
+MODULE_PREFIX = {"vision": "vision", "adapter": "adapter", "llm": "language_model"}
+
+
 def _freeze(chunk: SailVLModel, parts: list[str]) -> None:
     modules = {"vision": chunk.vision, "adapter": chunk.adapter, "llm": chunk.language_model}
     for part in parts:

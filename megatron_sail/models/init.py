@@ -48,10 +48,14 @@ def _sharded_tensors(sharded_state_dict: dict):
 
 
 @torch.no_grad()
-def initialize_weights(model_chunks, seed: int, std: float, num_layers: dict[str, int]) -> None:
+def initialize_weights(model_chunks, seed: int, std: float, num_layers: dict[str, int],
+                       prefixes: tuple[str, ...] | None = None) -> None:
+    """Draw every tensor (or only those whose key starts with one of ``prefixes``)."""
     for chunk in model_chunks:
         for sh in _sharded_tensors(chunk.sharded_state_dict()):
             if sh.data is None or sh.flattened_range is not None:
+                continue
+            if prefixes is not None and not sh.key.startswith(prefixes):
                 continue
             lead = sh.prepend_axis_num  # stacked-layer axes: part of the tensor's identity
             layer_offsets = tuple(sh.global_offset[:lead])

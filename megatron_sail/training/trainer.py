@@ -26,7 +26,8 @@ from megatron_sail.data.tokenizer import SentencePieceTokenizer, load_or_train_s
 from megatron_sail.distributed.runtime import (
     DistEnv, init_model_parallel, init_process_group, transformer_engine_available,
 )
-from megatron_sail.models.builder import build_model
+from megatron_sail.models.builder import MODULE_PREFIX, build_model, num_vision_blocks
+from megatron_sail.models.init import initialize_weights
 from megatron_sail.training.metrics import MetricsWriter, Progress, truncate_after
 from megatron_sail.training.moe_metrics import RoutingStats
 from megatron_sail.scaling.mfu import ThroughputMeter
@@ -214,6 +215,11 @@ class Trainer:
                             validate=lambda c: _check_compatible(c["config"], self.cfg, source))
             self.parent = checkpoint_lineage(source)
             _print0(f"initialised weights from {source}")
+            if self.cfg.checkpoint.reinit:
+                self._reinit(self.cfg.checkpoint.reinit)
+            # The weights changed behind the optimizer: where it keeps its own fp32 copies
+            # (bf16 training), they must be taken from the loaded model.
+            self.optimizer.reload_model_params()
         return {}
 
     def _new_lineage(self) -> dict:
@@ -223,6 +229,16 @@ class Trainer:
         run = {"id": run_id[0], "seed": self.cfg.train.seed,
                "output_dir": str(self.output_dir.resolve())}
         return run_lineage(run, architecture_fingerprint(config_to_dict(self.cfg)), self.parent)
+
+    def _reinit(self, parts: list[str]) -> None:
+        """Re-draw ``parts`` after loading, with the draws a fresh run of this seed makes."""
+        cfg = self.cfg
+        num_layers = {"llm": cfg.model.llm.num_layers,
+                      "vision": num_vision_blocks(cfg.model.vision)[0]}
+        prefixes = tuple(f"{MODULE_PREFIX[p]}." for p in parts)
+        initialize_weights([getattr(c, "module", c) for c in self.model], cfg.train.seed,
+                           cfg.model.init_std, num_layers, prefixes)
+        _print0(f"re-initialised {', '.join(parts)} from seed {cfg.train.seed}")
 
     def save(self) -> Path:
         it = self.state.iteration

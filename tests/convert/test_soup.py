@@ -86,7 +86,7 @@ def test_equal_soup_is_the_mean_of_the_exported_tensors(runs, equal_soup, tmp_pa
 
 
 def test_weights_are_normalised(runs, tmp_path):
-    from megatron_sail.checkpointing.soup import soup_checkpoints
+    from megatron_sail.convert.soup import soup_checkpoints
 
     out = soup_checkpoints([runs["a"], runs["b"]], tmp_path / "w", weights=[1.0, 3.0])
     a = _exported(runs["a"], tmp_path / "ea")
@@ -109,7 +109,8 @@ def test_another_parent_is_refused_unless_forced(runs):
 
 
 def test_another_architecture_is_refused_even_when_forced(runs):
-    from megatron_sail.checkpointing.soup import SoupError, soup_checkpoints
+    from megatron_sail.checkpointing.soup import SoupError
+    from megatron_sail.convert.soup import soup_checkpoints
 
     out = runs["root"] / "soup_arch"
     for extra in ([], ["--force"]):
