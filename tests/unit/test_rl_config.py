@@ -43,3 +43,20 @@ def test_every_problem_is_reported_together():
 def test_a_single_problem_is_one_line():
     with pytest.raises(ConfigError, match=r"^rl.mini_batch_size=4096 must divide the 2048"):
         check_rl_config(RLConfig(mini_batch_size=4096))
+
+
+def test_the_yaml_loader_builds_the_rl_section():
+    """The lead wires RLConfig into the run config as a section: its field types must be ones
+    the loader coerces (Literal, Optional, lists from YAML or comma-separated overrides)."""
+    from megatron_sail.config.loader import _build
+
+    errors = []
+    cfg = _build(RLConfig, {"algorithm": "gspo", "group_size": "4", "rewards": "boxed_answer",
+                            "reward_weights": [1], "top_k": "none", "clip_eps_high": 0.001},
+                 RLConfig(), "rl.", {}, errors)
+    assert errors == []
+    assert (cfg.algorithm, cfg.group_size, cfg.rewards, cfg.reward_weights, cfg.top_k) == \
+        ("gspo", 4, ["boxed_answer"], [1.0], None)
+    assert cfg.clip_range() == (3e-4, 1e-3)
+    _build(RLConfig, {"algorithm": "ppo", "bogus": 1}, RLConfig(), "rl.", {}, errors)
+    assert len(errors) == 2 and "must be one of dapo, gspo, grpo" in errors[0]
