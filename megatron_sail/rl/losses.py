@@ -71,22 +71,29 @@ def _check(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor,
 
 
 def _token_mean(values: Tensor, mask: Tensor, num_tokens: Optional[float] = None) -> Tensor:
-    denom = mask.sum() if num_tokens is None else torch.as_tensor(num_tokens, dtype=values.dtype)
+    denom = mask.sum() if num_tokens is None else \
+        torch.as_tensor(num_tokens, dtype=values.dtype, device=values.device)
     if float(denom) <= 0:
         raise ValueError("the mini-batch has no response tokens")
     return (values * mask).sum() / denom
+
+
+def _over_sequences(per_sequence: Tensor, present: Tensor,
+                    num_sequences: Optional[float] = None) -> Tensor:
+    """Mean of per-sequence values over the sequences that have response tokens."""
+    denom = present.sum() if num_sequences is None else \
+        torch.as_tensor(num_sequences, dtype=per_sequence.dtype, device=per_sequence.device)
+    if float(denom) <= 0:
+        raise ValueError("the mini-batch has no response tokens")
+    return per_sequence[present].sum() / denom
 
 
 def _sequence_mean(values: Tensor, mask: Tensor, num_sequences: Optional[float] = None) -> Tensor:
     """Mean over each sequence's tokens, then over sequences; a sequence without response
     tokens contributes nothing and is not counted (it has no defined mean)."""
     lengths = mask.sum(dim=1)
-    present = lengths > 0
     per_sequence = (values * mask).sum(dim=1) / lengths.clamp(min=1)
-    denom = present.sum() if num_sequences is None else torch.as_tensor(num_sequences)
-    if float(denom) <= 0:
-        raise ValueError("the mini-batch has no response tokens")
-    return per_sequence[present].sum() / denom
+    return _over_sequences(per_sequence, lengths > 0, num_sequences)
 
 
 def _clipped_objective(ratio: Tensor, advantages: Tensor, eps_low: float,
@@ -169,10 +176,7 @@ def gspo_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, 
     per_sequence = -objective
     if kl is not None:
         per_sequence = per_sequence + kl_coeff * (kl * m).sum(dim=1) / m.sum(dim=1).clamp(min=1)
-    denom = present.sum() if num_sequences is None else torch.as_tensor(num_sequences)
-    if float(denom) <= 0:
-        raise ValueError("the mini-batch has no response tokens")
-    loss = per_sequence[present].sum() / denom
+    loss = _over_sequences(per_sequence, present, num_sequences)
     clip_fraction, approx_kl = _metrics(logp, old_logp, active[:, None].expand_as(m), m)
     ref_kl = None if kl is None else _token_mean(kl.detach(), m)
     return PolicyLoss(loss, clip_fraction, approx_kl, ref_kl)

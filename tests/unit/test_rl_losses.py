@@ -137,3 +137,24 @@ def test_policy_loss_dispatches_and_rejects_bad_input():
         dapo_loss(logp, old, torch.ones(2, dtype=D), mask)
     with pytest.raises(ValueError, match="no response tokens"):
         dapo_loss(logp, old, adv, torch.zeros_like(mask))
+
+
+def test_gspo_kl_is_the_mean_of_the_sequence_tokens_k3():
+    # ratios 1 and advantage 0: the objective is 0, the loss is the KL term alone.
+    # token 1: logp ln 0.5, ref ln 0.25 -> k3 0.1931472; token 2: logp = ref -> 0
+    # sequence KL = (0.1931472 + 0) / 2 = 0.0965736; kl_coeff 1
+    logp = torch.tensor([[math.log(0.5), math.log(0.5)]], dtype=D)
+    ref = torch.tensor([[math.log(0.25), math.log(0.5)]], dtype=D)
+    out = gspo_loss(logp, logp.clone(), torch.tensor([0.0], dtype=D), torch.ones_like(logp),
+                    ref_logp=ref, kl_coeff=1.0)
+    assert out.loss.item() == pytest.approx(0.0965736, abs=1e-7)
+    assert out.ref_kl.item() == pytest.approx(0.0965736, abs=1e-7)
+
+
+def test_a_sequence_without_response_tokens_is_not_counted():
+    # row 2 is all padding: GRPO averages over the one real sequence (ratio 1.1, A 2 -> 2.2)
+    logp, old, mask = planted([[1.1], []], 1)
+    adv = torch.tensor([2.0, 5.0], dtype=D)
+    assert grpo_loss(logp, old, adv, mask).loss.item() == pytest.approx(-2.2)
+    assert gspo_loss(logp, old, adv, mask, eps_high=0.28).loss.item() == pytest.approx(-2.2)
+    assert dapo_loss(logp, old, adv, mask).loss.item() == pytest.approx(-2.2)
