@@ -195,7 +195,8 @@ DEFAULT_JUDGE_TEMPLATE = (
 
 Verdict = Literal["yes_no", "score"]
 _YES_NO = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
-_NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?![\w.])")
+_NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?!\w|\.\d)")  # a final period ends it
+_OUT_OF = re.compile(r"(?:/|\bout of)\s*\d+(?:\.\d+)?", re.IGNORECASE)  # the scale in "7/10"
 
 
 def fill_template(template: str, sample: Sample) -> str:
@@ -208,11 +209,12 @@ def fill_template(template: str, sample: Sample) -> str:
 def parse_verdict(reply: str, verdict: Verdict, max_score: float = 10.0) -> Optional[float]:
     """A score in [0, 1] from a judge's reply, None when it cannot be read.
     yes_no: the last standalone yes/no word decides (a reply may reason first).
-    score: the last standalone number, which must lie in [0, max_score], divided by max_score."""
+    score: the last standalone number, which must lie in [0, max_score], divided by max_score;
+    a scale written after it ("7/10", "7 out of 10") is not the score."""
     if verdict == "yes_no":
         words = _YES_NO.findall(reply)
         return None if not words else float(words[-1].lower() == "yes")
-    numbers = _NUMBER.findall(reply)
+    numbers = _NUMBER.findall(_OUT_OF.sub("", reply))
     if not numbers:
         return None
     value = float(numbers[-1])
