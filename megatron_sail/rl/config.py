@@ -43,7 +43,7 @@ class RLConfig:
     temperature: float = num(1.0, gt=0)
     top_p: float = num(1.0, gt=0, le=1)
     top_k: Optional[int] = num(None, ge=1)
-    dynamic_sampling: bool = True  # drop groups whose rewards are all equal, refill from more prompts
+    dynamic_sampling: bool = True  # drop all-equal-reward groups, refill from more prompts
     max_refill_rounds: int = num(4, ge=0)  # extra generation rounds per episode to refill the batch
     rewards: list[str] = field(default_factory=lambda: ["boxed_answer", "think_format"])
     reward_weights: list[float] = field(default_factory=lambda: [1.0, 1.0])
@@ -78,8 +78,8 @@ def rl_config_errors(cfg: RLConfig, prefix: str = "rl.") -> list[tuple[str, str]
                        f"{cfg.group_size} x prompts_per_episode {cfg.prompts_per_episode})"))
     if cfg.max_new_tokens >= cfg.max_context:
         errors.append((key("max_new_tokens"),
-                       f"{key('max_new_tokens')}={cfg.max_new_tokens} leaves no room for the prompt "
-                       f"in {key('max_context')}={cfg.max_context}"))
+                       f"{key('max_new_tokens')}={cfg.max_new_tokens} leaves no room for the "
+                       f"prompt in {key('max_context')}={cfg.max_context}"))
     low, high = cfg.clip_range()
     if cfg.algorithm != "grpo" and high < low:
         errors.append((key("clip_eps_high"), f"{key('clip_eps_high')}={high:g} must be >= "

@@ -101,7 +101,8 @@ def _clipped_objective(ratio: Tensor, advantages: Tensor, eps_low: float,
     """min(r A, clip(r, 1 - eps_low, 1 + eps_high) A) and where the clipped term is active."""
     clipped = torch.clamp(ratio, 1 - eps_low, 1 + eps_high)
     objective = torch.minimum(ratio * advantages, clipped * advantages)
-    active = ((advantages > 0) & (ratio > 1 + eps_high)) | ((advantages < 0) & (ratio < 1 - eps_low))
+    active = (((advantages > 0) & (ratio > 1 + eps_high))
+              | ((advantages < 0) & (ratio < 1 - eps_low)))
     return objective, active
 
 

@@ -258,7 +258,8 @@ class ScoredBatch:
 
 
 def build_rewards(weights: dict[str, float],
-                  options: Optional[dict[str, dict]] = None) -> Callable[[Sequence[Sample]], ScoredBatch]:
+                  options: Optional[dict[str, dict]] = None,
+                  ) -> Callable[[Sequence[Sample]], ScoredBatch]:
     """A scorer for the weighted sum of the named rewards; ``options[name]`` are passed to the
     reward's factory (e.g. ``{"judge": {"ask": ask}}``)."""
     unknown = sorted(set(weights) - set(REWARDS))

@@ -104,8 +104,9 @@ def test_think_format_rule(response, ok):
     ("yesterday nobody knew", "yes_no", None),                     # whole words only
     ("maybe", "yes_no", None),
     ("Score: 7", "score", 0.7), ("I give 10/10... final 8", "score", 0.8),
-    ("I give it 7/10", "score", 0.7), ("7 out of 10.", "score", 0.7), ("Score: 3 / 10", "score", 0.3),
-    ("Score: 7.", "score", 0.7), ("v2 says 9", "score", 0.9), ("score 11", "score", None), ("score -", "score", None), ("7.5", "score", 0.75),
+    ("I give it 7/10", "score", 0.7), ("7 out of 10.", "score", 0.7),
+    ("Score: 3 / 10", "score", 0.3), ("Score: 7.", "score", 0.7), ("v2 says 9", "score", 0.9),
+    ("score 11", "score", None), ("score -", "score", None), ("7.5", "score", 0.75),
 ])
 def test_parse_verdict(reply, verdict, value):
     assert parse_verdict(reply, verdict) == value

@@ -27,6 +27,7 @@ def test_counts_match_the_pixels_and_cover_both_answers():
 
 def test_written_task_is_deterministic_and_parses_as_training_records(tmp_path):
     a = write_count_task(tmp_path / "a", 12, seed=5)
+    assert a == tmp_path / "a" / RECORDS_FILE
     b = write_count_task(tmp_path / "b", 12, seed=5)
     assert a.read_bytes() == b.read_bytes()
     for i in range(12):
