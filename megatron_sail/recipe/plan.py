@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from megatron_sail.checkpointing.layout_files import (
-    CheckpointError, MARKER_FILE, latest_checkpoint, read_marker,
+    CheckpointError, latest_checkpoint, read_marker,
 )
 from megatron_sail.config import ConfigError, SailConfig, load_config
 from megatron_sail.config.layout import resolve_layout
@@ -158,7 +158,11 @@ def train_finished(train: TrainPlan) -> bool:
 
 
 def soup_finished(plan: StagePlan) -> bool:
-    return (plan.run_dir / SOUP_CHECKPOINT / MARKER_FILE).is_file()
+    """The soup is written whole (staged, then renamed): a complete checkpoint means done."""
+    try:
+        return latest_checkpoint(plan.run_dir / SOUP_CHECKPOINT) is not None
+    except CheckpointError:
+        return False
 
 
 def stage_finished(plan: StagePlan) -> bool:
