@@ -32,6 +32,8 @@ class GenerateOptions:
     tp: int = 1
     pp: int = 1
     dtype: str = "fp32"
+    batch_size: int = 8  # prompts generated together (a sampled batch's seed is seed + first row)
+    progress: bool = False
 
 
 @dataclass
@@ -52,6 +54,10 @@ def open_model(ckpt: str | Path):
 
 def run_generation(ckpt: str | Path, prompts: list[list[int]],
                    pixel_values: Optional[torch.Tensor], opts: GenerateOptions) -> Generation:
+    if not prompts:
+        raise ConversionError("no prompts")
+    if opts.batch_size < 1:
+        raise ConversionError(f"--batch-size must be >= 1, got {opts.batch_size}")
     if opts.max_new_tokens < 1:
         raise ConversionError(f"--max-new-tokens must be >= 1, got {opts.max_new_tokens}")
     if not opts.eos_token_ids:
@@ -85,7 +91,8 @@ def run_generation(ckpt: str | Path, prompts: list[list[int]],
         spec = {"config": config_to_dict(cfg), "ckpt": str(ckpt_dir), "prompts": prompts,
                 "pixels": pixels, "max_new_tokens": opts.max_new_tokens,
                 "temperature": opts.temperature, "top_p": opts.top_p, "top_k": opts.top_k,
-                "seed": opts.seed, "eos_token_ids": list(opts.eos_token_ids), "pad_id": pad}
+                "seed": opts.seed, "eos_token_ids": list(opts.eos_token_ids), "pad_id": pad,
+                "batch_size": opts.batch_size, "progress": opts.progress}
         results = run_ranks("generate", spec, opts.tp * opts.pp)
     picked = next(r for r in results if "generated" in r)
     return Generation(picked["generated"], picked["seconds"])
