@@ -56,14 +56,15 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _options(ns, eos: tuple[int, ...]):
+def _options(ns, eos: tuple[int, ...], tokenizer=None):
     from megatron_sail.generation.runner import GenerateOptions
 
     return GenerateOptions(max_new_tokens=ns.max_new_tokens, temperature=ns.temperature,
                            top_p=ns.top_p, top_k=ns.top_k, seed=ns.seed, eos_token_ids=eos,
                            img_context_token_id=ns.img_context_token_id, tp=ns.tp, pp=ns.pp,
                            dtype=ns.dtype, batch_size=ns.batch_size,
-                           progress=ns.input is not None)
+                           progress=ns.input is not None,
+                           vocab_limit=None if tokenizer is None else tokenizer.vocab_size)
 
 
 def _encoder(cfg, tokenizer):
@@ -137,7 +138,7 @@ def _prompt(ns) -> int:
                                prompt_record(obj, "--prompt", None, None, ns.thinking))
     except SampleError as exc:
         raise GenerateError(str(exc)) from None
-    result = run_generation(ns.ckpt, [prompt.ids], prompt.pixel_values, _options(ns, eos))
+    result = run_generation(ns.ckpt, [prompt.ids], prompt.pixel_values, _options(ns, eos, tokenizer))
     answer = result.generated[0]
     if answer and answer[-1] in eos:
         answer = answer[:-1]
@@ -180,7 +181,7 @@ def _jsonl(ns) -> int:
     if not prompts:
         raise GenerateError(f"{ns.input}: no usable record ({skipped} skipped)")
     result = run_generation(ns.ckpt, prompts, torch.cat(pixels) if pixels else None,
-                            _options(ns, eos))
+                            _options(ns, eos, tokenizer))
     out = []
     for obj, new in zip(objs, result.generated):
         answer = tokenizer.decode(new[:-1] if new and new[-1] in eos else new)

@@ -25,6 +25,7 @@ def run_job(spec: dict, cfg, layout, chunks) -> dict:
     img_id = cfg.model.img_context_token_id
     tiles = _tiles_per_prompt(prompts, pixels, img_id, cfg.model.vision.patch_size)
     batch, writer = spec["batch_size"], is_logits_writer()
+    vocab = min(cfg.model.llm.vocab_size, spec.get("vocab_limit") or cfg.model.llm.vocab_size)
     out: list[list[int]] = []
     start = time.perf_counter()
     tile0 = 0
@@ -37,7 +38,7 @@ def run_job(spec: dict, cfg, layout, chunks) -> dict:
                         max_new_tokens=spec["max_new_tokens"], temperature=spec["temperature"],
                         top_p=spec["top_p"], top_k=spec["top_k"], seed=spec["seed"] + first,
                         eos_token_ids=tuple(spec["eos_token_ids"]), img_context_token_id=img_id,
-                        vocab_size=cfg.model.llm.vocab_size, pad_id=spec["pad_id"])
+                        vocab_size=vocab, pad_id=spec["pad_id"])
         if writer and spec.get("progress"):
             seconds = time.perf_counter() - start
             tokens = sum(len(g) for g in out)

@@ -58,19 +58,21 @@ def image_file(path, size=(150, 90)):
     return path
 
 
-def test_prompt_and_jsonl_forms(imported, spm, tmp_path, capsys):
+def test_prompt_and_jsonl_forms(imported, spm, tmp_path, capfd):
     ckpt = imported("fp32")
+    capfd.readouterr()   # the import's own report
     img = spm.img_context_id
     picture = image_file(tmp_path / "red.png")
     common = ["--tokenizer", spm.model_path, "--img-context-token-id", str(img),
               "--max-new-tokens", str(NEW)]
     assert cli.main(["generate", "--ckpt", str(ckpt), "--prompt", "a red square", *common]) == 0
-    printed = capsys.readouterr().out.rstrip("\n")
+    printed = capfd.readouterr().out.rstrip("\n")
     # The same prompt built independently: univl-chat/chatml per the checkpoint's config
     # (an import with the tiny architecture: chatml), ending with the assistant header.
     ids = encode_conversation(spm, [Turn(USER, "a red square")]).tokens.tolist()
     assert spm.decode(ids).endswith("assistant\n")
-    opts = GenerateOptions(max_new_tokens=NEW, eos_token_ids=(spm.eos_id,), img_context_token_id=img)
+    opts = GenerateOptions(max_new_tokens=NEW, eos_token_ids=(spm.eos_id,), img_context_token_id=img,
+                           vocab_limit=spm.vocab_size)
     (new,) = run_generation(ckpt, [ids], None, opts).generated
     assert printed == spm.decode(new[:-1] if new[-1] == spm.eos_id else new)
 
@@ -85,7 +87,7 @@ def test_prompt_and_jsonl_forms(imported, spm, tmp_path, capsys):
     answers = tmp_path / "out" / "answers.jsonl"
     assert cli.main(["generate", "--ckpt", str(ckpt), "--input", str(records), "--output",
                      str(answers), *common]) == 0
-    captured = capsys.readouterr()
+    captured = capfd.readouterr()
     assert "skipped" in captured.err and "tokens/s" in captured.err and "1 records skipped" in captured.out
     rows = [json.loads(line) for line in answers.read_text().splitlines()]
     assert [r.get("id") for r in rows] == [1, None]
