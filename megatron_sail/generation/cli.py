@@ -12,7 +12,7 @@ from pathlib import Path
 from megatron_sail.errors import UserError
 
 DESCRIPTION = """Generate with a checkpoint in one of three forms:
-  --prompt TEXT [--image PATH ...] [--tokenizer DIR]   print the answer
+  --prompt TEXT [--image PATH ...] [--video PATH]     print the answer
   --input prompts.jsonl --output answers.jsonl         training records, answer added as a gpt turn
   --inputs IN.safetensors --out OUT.safetensors        input_ids [B,S] int64 (+ pixel_values) ->
                                                        generated_ids [B,N] int64, -1 after the end"""
@@ -35,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     form.add_argument("--inputs", help="safetensors with input_ids [B, S] int64 and optional "
                                        "pixel_values [tiles, 3, H, W] float32")
     p.add_argument("--image", action="append", default=[], help="image file (repeatable)")
+    p.add_argument("--video", help="video file (frames sampled as in training, one tile each)")
     p.add_argument("--tokenizer", help="tokenizer (HF directory or sentencepiece .model); "
                                        "default: the run's")
     p.add_argument("--output", help="answers JSONL (with --input)")
@@ -126,13 +127,15 @@ def _prompt(ns) -> int:
     from megatron_sail.generation.prompts import SampleError, encode_prompt, prompt_record
     from megatron_sail.generation.runner import run_generation
 
-    for image in ns.image:
-        if not os.path.isfile(image):
-            raise GenerateError(f"--image {image}: no such file")
+    for flag, path in [("--image", i) for i in ns.image] + [("--video", ns.video)] * bool(ns.video):
+        if not os.path.isfile(path):
+            raise GenerateError(f"{flag} {path}: no such file")
     cfg, tokenizer, eos = _tokenizer_and_config(ns)
     obj = {"conversations": [{"from": "human", "value": ns.prompt}]}
     if ns.image:
         obj["image"] = [os.path.abspath(i) for i in ns.image]
+    if ns.video:
+        obj["video"] = os.path.abspath(ns.video)
     try:
         prompt = encode_prompt(_encoder(cfg, tokenizer),
                                prompt_record(obj, "--prompt", None, None, ns.thinking))

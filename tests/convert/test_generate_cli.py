@@ -99,10 +99,40 @@ def test_prompt_and_jsonl_forms(imported, spm, tmp_path, capfd):
     assert rows[0]["conversations"][-1]["value"] == spm.decode(new[:-1] if new[-1] == spm.eos_id else new)
 
 
+def test_video_prompt(imported, spm, tmp_path, capfd):
+    from megatron_sail.generation.cli import _encoder
+    from megatron_sail.generation.prompts import encode_prompt, prompt_record
+    from megatron_sail.generation.runner import open_model
+    from tests.data.media_fixtures import video_bytes
+
+    ckpt = imported("fp32")
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(video_bytes(frames=6))
+    _, cfg = open_model(ckpt)
+    encoder = _encoder(cfg, spm)
+    prompt = encode_prompt(encoder, prompt_record(
+        {"video": str(clip), "conversations": [{"from": "human", "value": "what happens?"}]},
+        "t", None, None, thinking=False))
+    frames = prompt.pixel_values.shape[0]
+    assert 1 <= frames <= cfg.data.num_frames
+    assert prompt.ids.count(spm.img_context_id) == frames * encoder.tokens_per_tile
+    assert prompt.ids.count(spm.img_start_id) == frames   # one block per frame (FrameK: <img>...)
+    capfd.readouterr()
+    assert cli.main(["generate", "--ckpt", str(ckpt), "--prompt", "what happens?", "--video",
+                     str(clip), "--tokenizer", spm.model_path, "--img-context-token-id",
+                     str(spm.img_context_id), "--max-new-tokens", "3"]) == 0
+    opts = GenerateOptions(max_new_tokens=3, eos_token_ids=(spm.eos_id,),
+                           img_context_token_id=spm.img_context_id, vocab_limit=spm.vocab_size)
+    (new,) = run_generation(ckpt, [prompt.ids], prompt.pixel_values, opts).generated
+    expected = spm.decode(new[:-1] if new[-1] == spm.eos_id else new)
+    assert capfd.readouterr().out.rstrip("\n") == expected
+
+
 @pytest.mark.parametrize("args, message", [
     (["--ckpt", "{tmp}/nope", "--inputs", "{tmp}/long.safetensors", "--out", "{tmp}/o.safetensors",
       "--eos-token-id", "3"], "checkpoint path does not exist"),
     (["--ckpt", "{ckpt}", "--prompt", "hi", "--image", "{tmp}/missing.png"], "missing.png: no such file"),
+    (["--ckpt", "{ckpt}", "--prompt", "hi", "--video", "{tmp}/missing.mp4"], "missing.mp4: no such file"),
     (["--ckpt", "{ckpt}", "--inputs", "{tmp}/long.safetensors", "--out", "{tmp}/o.safetensors",
       "--eos-token-id", "3"], "exceeds the model's context of 1024"),
     (["--ckpt", "{ckpt}", "--inputs", "{tmp}/long.safetensors", "--out", "{tmp}/o.safetensors"],
