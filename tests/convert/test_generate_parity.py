@@ -74,3 +74,26 @@ def test_sampling_is_seeded(case, imported):
                            GenerateOptions(**{**opts.__dict__, "seed": 4})).generated
     assert first == again and all(len(g) == NEW for g in first)
     assert first != other   # 18 tokens at temperature 5: equal by chance with negligible odds
+
+
+def test_in_process_api_and_batching_invariance(case, imported, megatron_single_rank):
+    """The Python API the RL rollouts use, in this process (one rank): the ragged batch equals
+    the reference, and each prompt alone gives the tokens it gets in the batch."""
+    from megatron_sail.generation import generate, load_for_generation
+
+    ids, pixels, eos, expected = case
+    cfg, layout, chunks, tokenizer = load_for_generation(imported("fp32"), max_length=128,
+                                                         img_context_token_id=IMG)
+    assert tokenizer is None   # an import carries no tokenizer
+    kw = dict(max_new_tokens=NEW, eos_token_ids=(eos,), img_context_token_id=IMG,
+              vocab_size=cfg.model.llm.vocab_size)
+    assert generate(chunks, layout, ids, pixel_values=pixels, **kw) == expected
+    per_tile = (cfg.model.vision.image_size // cfg.model.vision.patch_size // 2) ** 2
+    first = 0
+    for row, want in zip(ids, expected):
+        n = row.count(IMG) // per_tile
+        alone = generate(chunks, layout, [row], pixel_values=pixels[first:first + n] if n else None, **kw)
+        first += n
+        assert alone == [want]
+    with pytest.raises(ValueError, match="no pixel_values"):
+        generate(chunks, layout, [ids[1]], pixel_values=None, **kw)
