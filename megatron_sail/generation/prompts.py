@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from megatron_sail.data.batches import normalize_pixels
-from megatron_sail.data.records import parse_record
+from megatron_sail.data.records import THINKING_PROMPT, USER, Turn, parse_record
 from megatron_sail.data.sample_encoder import FileMedia, SampleEncoder, SampleError
 
 
@@ -30,10 +30,15 @@ def prompt_record(obj: dict, source: str, line: int | None, base_dir: str | None
     if conv and isinstance(conv[-1], dict) and conv[-1].get("from") in ("gpt", "assistant"):
         conv = conv[:-1]
     # parse_record validates full conversations: a placeholder answer closes it, then goes.
-    full = dict(obj, conversations=conv + [{"from": "gpt", "value": "-"}], thinking=thinking
-                or bool(obj.get("thinking", False)))
+    # Thinking is applied here: the record's check of earlier answers' think blocks would
+    # reject the placeholder.
+    flag = obj.get("thinking", False)
+    full = dict(obj, conversations=conv + [{"from": "gpt", "value": "-"}],
+                thinking=flag if not isinstance(flag, bool) else False)  # a bad value: its error
     record = parse_record(full, source, line, base_dir)
     turns = record.turns[:-1]
+    if thinking or flag is True:   # the release's usage: question + cot_prompt
+        turns = tuple(Turn(USER, t.text + THINKING_PROMPT) if t.role == USER else t for t in turns)
     return dataclasses.replace(record, turns=turns)
 
 
