@@ -1,7 +1,7 @@
 """Greedy generation on an imported release-layout checkpoint equals a greedy loop over the
 reference model's logits (transformers' Aimv2VisionModel + Qwen3ForCausalLM + pixel shuffle
 + mlp1, measured to match the release's own code), token for token, for a ragged batch of a
-text-only prompt, a 1-tile and a 3-tile prompt, at TP=1 and TP=2; and sampling is seeded."""
+text-only prompt, a 1-tile and a 3-tile prompt, at TP=1, TP=2 and PP=2; sampling is seeded."""
 
 from __future__ import annotations
 
@@ -56,10 +56,11 @@ def case(release):
     return [ids for ids, _ in rows], pixels, eos, expected
 
 
-@pytest.mark.parametrize("tp", [1, 2])
-def test_greedy_equals_reference_loop(tp, case, imported):
+@pytest.mark.parametrize("tp, pp", [(1, 1), (2, 1), (1, 2)])
+def test_greedy_equals_reference_loop(tp, pp, case, imported):
     ids, pixels, eos, expected = case
-    opts = GenerateOptions(max_new_tokens=NEW, eos_token_ids=(eos,), img_context_token_id=IMG, tp=tp)
+    opts = GenerateOptions(max_new_tokens=NEW, eos_token_ids=(eos,), img_context_token_id=IMG,
+                           tp=tp, pp=pp)
     out = run_generation(imported("fp32"), ids, pixels, opts)
     assert out.generated == expected
 
