@@ -98,3 +98,13 @@ def test_in_process_api_and_batching_invariance(case, imported, megatron_single_
         assert alone == [want]
     with pytest.raises(ValueError, match="no pixel_values"):
         generate(chunks, layout, [ids[1]], pixel_values=None, **kw)
+
+
+def test_moe_greedy_equals_reference_loop(release, imported):
+    """A Qwen3-MoE release imported at EP=2, generated at EP=1 (generation's layout)."""
+    reference = ReleaseReference(release("moe"))
+    rows = prompts(reference.model, seed=8)
+    expected = [reference_greedy(reference, ids, px, eos=-1) for ids, px in rows]
+    opts = GenerateOptions(max_new_tokens=NEW, eos_token_ids=(-1,), img_context_token_id=IMG)
+    out = run_generation(imported("moe"), [ids for ids, _ in rows], torch.cat([px for _, px in rows]), opts)
+    assert out.generated == expected
