@@ -12,6 +12,8 @@ USAGE = """sail train CONFIG.yaml [key=value ...] [--nproc-per-node N]
 sail plot RUN_DIR... [--out FILE.png]
 sail convert import-hf | export-hf | init-from | verify ...  (sail convert --help)
 sail forward --ckpt DIR --inputs IN.safetensors --out OUT.safetensors [--tp N] [--pp N]
+sail generate --ckpt DIR --prompt TEXT [--image PATH ...] [--video PATH] | --input IN.jsonl --output OUT.jsonl |
+              --inputs IN.safetensors --out OUT.safetensors  [--max-new-tokens N] [--temperature T] ...
 sail slurm submit CONFIG.yaml [key=value ...] --nodes N --gpus-per-node G [options] [--dry-run]
 sail slurm sweep SWEEP.yaml --nodes N --gpus-per-node G [options] [--dry-run]
 sail slurm status RUN_DIR
@@ -130,6 +132,7 @@ COMMANDS = {
     "plot": cmd_plot,
     "convert": _delegate("megatron_sail.convert.cli"),
     "forward": _delegate("megatron_sail.convert.forward_cli"),
+    "generate": _delegate("megatron_sail.generation.cli"),
     "slurm": _delegate("megatron_sail.launch.cli"),
     "flops": _delegate("megatron_sail.scaling.flops_cli"),
     "plan": _delegate("megatron_sail.scaling.plan_cli"),

@@ -17,7 +17,7 @@ import yaml
 
 from megatron_sail.config.fields import range_errors
 from megatron_sail.config.presets import PRESETS
-from megatron_sail.config.schema import SailConfig
+from megatron_sail.config.schema import SailConfig, chat_template_of
 from megatron_sail.errors import UserError, bounded, shown
 
 
@@ -268,6 +268,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> SailConfi
     errors: list[str] = []
     cfg = _build(SailConfig, tree, base, "", origins, errors)
     _raise_all(errors + value_errors(cfg, origins))
+    cfg.data.chat_template = chat_template_of(cfg)  # saved resolved with the run
     return cfg
 
 

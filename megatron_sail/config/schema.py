@@ -17,6 +17,7 @@ FREEZABLE = ("vision", "adapter", "llm")
 VIDEO_BACKENDS = ("auto", "dali-gpu", "dali-cpu", "pyav")
 IMAGE_DECODERS = ("auto", "pillow", "dali-cpu", "dali-gpu")
 GPU_KINDS = ("h100", "h100-pcie", "h200")  # the GPUs scaling/hardware.py knows
+CHAT_TEMPLATES = ("univl-chat", "chatml")  # data/conversation.py renders both
 MAX_GLOBAL_BATCH = 1 << 24   # samples per step; SAIL-VL2 trains with a few thousand
 MAX_SEQ_LENGTH = 1 << 20
 Recompute = Optional[Literal["selective", "full"]]
@@ -160,7 +161,10 @@ class DataConfig:
     # auto: DALI's GPU decoder (nvJPEG) on a GPU machine with DALI installed, else Pillow
     # (DALI's CPU decoder gives Pillow's pixels, no faster); or one of IMAGE_DECODERS
     image_decoder: Literal[IMAGE_DECODERS] = "auto"
-    system_message: Optional[str] = None
+    system_message: Optional[str] = None  # None: the chat template's default (univl-chat has one)
+    # univl-chat: the release's conversation.py format (no newline after <|im_end|>, default
+    # system message); chatml: Qwen's. None: univl-chat for the sailvl2-* presets, else chatml.
+    chat_template: Optional[Literal[CHAT_TEMPLATES]] = None
     num_workers: int = num(2, ge=0)  # decoding processes per rank (0: in the training process)
     prefetch: int = num(2, ge=1)  # micro-batches in flight per worker
     image_size: Optional[int] = num(None, ge=1)  # None: the ViT's trained image size
@@ -192,3 +196,10 @@ class SailConfig:
     data: DataConfig = field(default_factory=DataConfig)
     run: RunConfig = field(default_factory=RunConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
+
+
+def chat_template_of(cfg: "SailConfig") -> str:
+    """The chat template a config trains and prompts with (``data.chat_template`` resolved)."""
+    if cfg.data.chat_template is not None:
+        return cfg.data.chat_template
+    return "univl-chat" if cfg.model.preset.startswith("sailvl2") else "chatml"

@@ -78,24 +78,32 @@ def _write_job(spec: dict, cfg, layout) -> dict:
                         **dict(zip(("fill", "save", "reload", "sync"), seconds))}}
 
 
-def _forward_job(spec: dict, cfg, layout) -> dict:
-    import torch
-    from safetensors.torch import load_file, save_file
-
+def load_model(ckpt_dir: Path, cfg, layout) -> list:
+    """The checkpoint's weights in a model built for ``layout`` (no optimizer, no RNG)."""
     from megatron_sail.checkpointing.dist_ckpt import load_checkpoint
+    from megatron_sail.checkpointing.layout_files import CheckpointError
+    from megatron_sail.config import config_from_dict
     from megatron_sail.convert import megatron_side as ms
     from megatron_sail.convert.hf_config import architecture_differences
-    from megatron_sail.config import config_from_dict
-    from megatron_sail.checkpointing.layout_files import CheckpointError
 
     def same_model(common: dict) -> None:
         diff = architecture_differences(cfg.model, config_from_dict(common["config"]).model)
         if diff:
-            raise CheckpointError(f"{spec['ckpt']}: architecture changed: {diff}")
+            raise CheckpointError(f"{ckpt_dir}: architecture changed: {diff}")
 
     chunks = ms.build_empty(cfg, layout)
-    load_checkpoint(Path(spec["ckpt"]), chunks, optimizer=None, restore_rng=False,
+    load_checkpoint(Path(ckpt_dir), chunks, optimizer=None, restore_rng=False,
                     validate=same_model)
+    return chunks
+
+
+def _forward_job(spec: dict, cfg, layout) -> dict:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from megatron_sail.convert import megatron_side as ms
+
+    chunks = load_model(Path(spec["ckpt"]), cfg, layout)
     inputs = load_file(spec["inputs"])
     pixels = inputs.get("pixel_values")
     logits = ms.forward_logits(chunks, layout, inputs["input_ids"],
@@ -106,7 +114,13 @@ def _forward_job(spec: dict, cfg, layout) -> dict:
     return {}
 
 
-JOBS = {"write": _write_job, "forward": _forward_job}
+def _generate_job(spec: dict, cfg, layout) -> dict:
+    from megatron_sail.generation.cli_job import run_job
+
+    return run_job(spec, cfg, layout, load_model(Path(spec["ckpt"]), cfg, layout))
+
+
+JOBS = {"write": _write_job, "forward": _forward_job, "generate": _generate_job}
 
 
 def _start_up() -> None:

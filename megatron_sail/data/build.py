@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from megatron_sail.config.schema import SailConfig
+from megatron_sail.config.schema import SailConfig, chat_template_of
 from megatron_sail.data.blend import BlendError, is_blend_file, load_blend
 from megatron_sail.data.loader import BlendedSamples, LoaderSettings, MultimodalBatches
 from megatron_sail.data.sample_encoder import SampleEncoder
@@ -48,7 +48,7 @@ def sample_encoder(cfg: SailConfig, tokenizer) -> SampleEncoder:
         seq_length=data.seq_length, system_message=data.system_message,
         video_backend=data.video_backend, anyres=data.anyres,
         anyres_max_tokens=data.anyres_max_tokens, patch_size=vit.patch_size,
-        image_decoder=image_decoder(data.image_decoder))
+        image_decoder=image_decoder(data.image_decoder), chat_template=chat_template_of(cfg))
 
 
 def build_batches(cfg: SailConfig, tokenizer, path: str, dp_rank: int, dp_size: int,

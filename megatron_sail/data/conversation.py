@@ -1,5 +1,14 @@
-"""Multi-turn chat encoding in the release's ChatML template, with visual placeholders
-expanded and the loss restricted to assistant turns.
+"""Multi-turn chat encoding, with visual placeholders expanded and the loss restricted to
+assistant turns, in one of two templates (``CHAT_TEMPLATES``):
+
+``univl-chat`` - the release's ``conversation.py`` (MPT separator style): ``system_template +
+sep`` then ``role + message + sep`` per turn, ``sep = <|im_end|>`` with no newline after it,
+and its default system message whenever the turns bring none:
+
+    <|im_start|>system\\n{system}<|im_end|><|im_start|>user\\n{user}<|im_end|><|im_start|>assistant\\n{answer}<|im_end|>
+
+``chatml`` - Qwen's ChatML: a newline after every ``<|im_end|>`` and a system turn only when
+there is a system text:
 
     <|im_start|>system\\n{system}<|im_end|>\\n          (only when there is a system text)
     <|im_start|>user\\n{user}<|im_end|>\\n
@@ -43,7 +52,21 @@ from megatron_sail.data.special_tokens import IM_END, IM_START, IMG_CONTEXT, IMG
 
 # One 448 px tile -> 32x32 patches -> 16x16 tokens after the 2x2 pixel shuffle.
 TOKENS_PER_TILE = 256
-TURN_END = f"{IM_END}\n"
+# The release's default system message (conversation.py, template univl-chat).
+UNIVL_SYSTEM_MESSAGE = "你是由抖音内容理解组开发的多模态大模型，英文名叫UniVL, 是一个有用无害的人工智能助手。"
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    turn_end: str  # closes every turn
+    default_system: str | None  # used when the turns have no system turn and none is given
+
+
+CHAT_TEMPLATES = {
+    "univl-chat": ChatTemplate(IM_END, UNIVL_SYSTEM_MESSAGE),
+    "chatml": ChatTemplate(f"{IM_END}\n", None),
+}
+TURN_END = CHAT_TEMPLATES["chatml"].turn_end
 _PLACEHOLDERS = re.compile(f"({re.escape(IMAGE_PLACEHOLDER)}|{re.escape(VIDEO_PLACEHOLDER)})")
 
 
@@ -68,7 +91,7 @@ def header(role: str) -> str:
 
 
 def _user_pieces(text: str, image_tokens: list[int], video_frames: int,
-                 frame_tokens: int) -> list[str | _Visual]:
+                 frame_tokens: int, turn_end: str) -> list[str | _Visual]:
     """The user turn as alternating text and visual blocks; ``image_tokens`` is consumed."""
     pieces: list[str | _Visual] = []
     buf = header(USER)
@@ -87,7 +110,7 @@ def _user_pieces(text: str, image_tokens: list[int], video_frames: int,
                 buf = ""
         else:
             buf += part
-    pieces.append(buf + TURN_END)
+    pieces.append(buf + turn_end)
     return pieces
 
 
@@ -107,7 +130,20 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-def _assistant_ids(tokenizer: ChatTokenizer, text: str, answer_only: bool) -> tuple[list[int], list[bool]]:
+def template(name: str) -> ChatTemplate:
+    if name not in CHAT_TEMPLATES:
+        raise ValueError(f"unknown chat template {name!r} (choose from {', '.join(CHAT_TEMPLATES)})")
+    return CHAT_TEMPLATES[name]
+
+
+def _after_end(tokenizer: ChatTokenizer, tpl: ChatTemplate) -> list[int]:
+    """Ids of what follows ``<|im_end|>`` in a turn's end (ChatML's newline; nothing in univl-chat)."""
+    rest = tpl.turn_end[len(IM_END):]
+    return tokenizer.encode(rest) if rest else []
+
+
+def _assistant_ids(tokenizer: ChatTokenizer, text: str, answer_only: bool,
+                   tpl: ChatTemplate) -> tuple[list[int], list[bool]]:
     head = header(ASSISTANT)
     ids = tokenizer.encode(head + text)
     context = _common_prefix(ids, tokenizer.encode(head))
@@ -115,25 +151,28 @@ def _assistant_ids(tokenizer: ChatTokenizer, text: str, answer_only: bool) -> tu
     if think is not None:
         context = max(context, _common_prefix(ids, tokenizer.encode(head + think[0])))
     flags = [False] * context + [True] * (len(ids) - context)
-    newline = tokenizer.encode("\n")
-    return ids + [tokenizer.eos_id] + newline, flags + [True] + [False] * len(newline)
+    after = _after_end(tokenizer, tpl)
+    return ids + [tokenizer.eos_id] + after, flags + [True] + [False] * len(after)
 
 
 def _pieces(turns: Sequence[Turn], image_tiles: Sequence[int], video_frames: int,
             system_message: str | None, tokens_per_tile: int,
-            image_tokens: Sequence[int] | None = None) -> list[tuple[str, str | _Visual]]:
+            image_tokens: Sequence[int] | None = None,
+            tpl: ChatTemplate = CHAT_TEMPLATES["chatml"]) -> list[tuple[str, str | _Visual]]:
     """(role, piece) in order; assistant pieces are their raw texts. Images take
     ``image_tokens`` context tokens each when given (AnyRes), else tiles x tokens_per_tile."""
     tiles = list(image_tokens) if image_tokens is not None \
         else [t * tokens_per_tile for t in image_tiles]
     out: list[tuple[str, str | _Visual]] = []
-    for turn in _with_system(turns, system_message):
+    system = system_message if system_message is not None else tpl.default_system
+    for turn in _with_system(turns, system):
         if turn.role == USER:
-            out += [(USER, p) for p in _user_pieces(turn.text, tiles, video_frames, tokens_per_tile)]
+            out += [(USER, p) for p in _user_pieces(turn.text, tiles, video_frames, tokens_per_tile,
+                                                    tpl.turn_end)]
         elif turn.role == ASSISTANT:
             out.append((ASSISTANT, turn.text))
         else:
-            out.append((SYSTEM, header(SYSTEM) + turn.text + TURN_END))
+            out.append((SYSTEM, header(SYSTEM) + turn.text + tpl.turn_end))
     if tiles:
         raise ValueError(f"{len(tiles)} image(s) left without an <image> placeholder")
     return out
@@ -148,15 +187,18 @@ def encode_conversation(
     tokens_per_tile: int = TOKENS_PER_TILE,
     system_message: str | None = None,
     image_tokens: Sequence[int] | None = None,
+    chat_template: str = "chatml",
 ) -> EncodedConversation:
     """``image_tiles[i]``: tiles of the i-th ``<image>`` (or ``image_tokens[i]``: its context
     tokens, for AnyRes images); ``video_frames``: frames of the ``<video>``;
-    ``system_message`` is used when the turns have no system turn."""
+    ``system_message`` is used when the turns have no system turn (None: the template's
+    default). A conversation ending on a user turn (a prompt) ends with the assistant header."""
+    tpl = template(chat_template)
     ids: list[int] = []
     flags: list[bool] = []
     visual = 0
     for role, piece in _pieces(turns, image_tiles, video_frames, system_message, tokens_per_tile,
-                               image_tokens):
+                               image_tokens, tpl):
         if isinstance(piece, _Visual):
             n = piece.tokens
             block = [tokenizer.img_start_id] + [tokenizer.img_context_id] * n + [tokenizer.img_end_id]
@@ -164,13 +206,17 @@ def encode_conversation(
             flags += [False] * len(block)
             visual += n
         elif role == ASSISTANT:
-            turn_ids, turn_flags = _assistant_ids(tokenizer, piece, loss == "answer_only")
+            turn_ids, turn_flags = _assistant_ids(tokenizer, piece, loss == "answer_only", tpl)
             ids += turn_ids
             flags += turn_flags
         else:
             piece_ids = tokenizer.encode(piece)
             ids += piece_ids
             flags += [False] * len(piece_ids)
+    if turns and turns[-1].role == USER:   # a generation prompt: the answer follows
+        head = tokenizer.encode(header(ASSISTANT))
+        ids += head
+        flags += [False] * len(head)
 
     n = len(ids)
     tokens = torch.tensor(ids, dtype=torch.int64)
@@ -190,30 +236,40 @@ def encoded_length(
     tokens_per_tile: int = TOKENS_PER_TILE,
     system_message: str | None = None,
     image_tokens: Sequence[int] | None = None,
+    chat_template: str = "chatml",
 ) -> int:
     """``len(encode_conversation(...).tokens)`` from tile and frame counts alone (text is
     tokenized; no media is decoded, no tensors are built). The loss mode does not matter."""
+    tpl = template(chat_template)
     total = 0
     for role, piece in _pieces(turns, image_tiles, video_frames, system_message, tokens_per_tile,
-                               image_tokens):
+                               image_tokens, tpl):
         if isinstance(piece, _Visual):
             total += piece.tokens + 2
         elif role == ASSISTANT:
-            total += len(tokenizer.encode(header(ASSISTANT) + piece)) + 1 + len(tokenizer.encode("\n"))
+            total += (len(tokenizer.encode(header(ASSISTANT) + piece)) + 1
+                      + len(_after_end(tokenizer, tpl)))
         else:
             total += len(tokenizer.encode(piece))
+    if turns and turns[-1].role == USER:
+        total += len(tokenizer.encode(header(ASSISTANT)))
     return total
 
 
 def render(turns: Sequence[Turn], image_tiles: Sequence[int] = (), video_frames: int = 0,
-           tokens_per_tile: int = TOKENS_PER_TILE, system_message: str | None = None) -> str:
+           tokens_per_tile: int = TOKENS_PER_TILE, system_message: str | None = None,
+           chat_template: str = "chatml") -> str:
     """The conversation as the text the ids encode (for inspection and reference checks)."""
+    tpl = template(chat_template)
     out = []
-    for role, piece in _pieces(turns, image_tiles, video_frames, system_message, tokens_per_tile):
+    for role, piece in _pieces(turns, image_tiles, video_frames, system_message, tokens_per_tile,
+                               None, tpl):
         if isinstance(piece, _Visual):
             out.append(IMG_START + IMG_CONTEXT * piece.tokens + IMG_END)
         elif role == ASSISTANT:
-            out.append(header(ASSISTANT) + piece + TURN_END)
+            out.append(header(ASSISTANT) + piece + tpl.turn_end)
         else:
             out.append(piece)
+    if turns and turns[-1].role == USER:
+        out.append(header(ASSISTANT))
     return "".join(out)

@@ -145,7 +145,7 @@ class SampleEncoder:
                  system_message: str | None = None, video_backend: str = "auto",
                  anyres: bool = False, anyres_max_tokens: int = 4096,
                  anyres_min_tokens: int = 4, patch_size: int = 14,
-                 image_decoder: str = "pillow") -> None:
+                 image_decoder: str = "pillow", chat_template: str = "chatml") -> None:
         if image_decoder not in DECODERS:
             raise ValueError(f"image_decoder must be one of {DECODERS}, got {image_decoder!r}")
         if num_frames < 1:
@@ -157,6 +157,7 @@ class SampleEncoder:
         self.tokens_per_tile = tokens_per_tile if tokens_per_tile is not None else (image_size // 28) ** 2
         self.seq_length = seq_length
         self.system_message = system_message
+        self.chat_template = chat_template
         self.video_backend = video_backend
         # AnyRes: each image at about its native resolution (multiples of 2 patches a side,
         # within the token budget) instead of 448 px tiles; video frames stay one tile each.
@@ -187,6 +188,7 @@ class SampleEncoder:
         try:
             length = encoded_length(self.tokenizer, record.turns, tiles,
                                     frames, self.tokens_per_tile, self.system_message,
+                                    chat_template=self.chat_template,
                                     image_tokens=image_tokens)
         except ValueError as exc:
             raise SampleError(record.where, str(exc), SampleErrorKind.MALFORMED_RECORD) from None
@@ -247,6 +249,7 @@ class SampleEncoder:
         try:
             enc = encode_conversation(self.tokenizer, record.turns, image_tiles,
                                       frames, record.loss, self.tokens_per_tile, self.system_message,
+                                      chat_template=self.chat_template,
                                       image_tokens=image_tokens)
         except ValueError as exc:
             raise SampleError(record.where, str(exc), SampleErrorKind.MALFORMED_RECORD) from None

@@ -1,0 +1,220 @@
+"""``sail generate``: answers from a megatron_sail checkpoint, for one prompt (printed), a
+JSONL file of training-format records (answers added as a final gpt turn) or raw token ids
+(safetensors, like ``sail forward``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from megatron_sail.errors import UserError
+
+DESCRIPTION = """Generate with a checkpoint in one of three forms:
+  --prompt TEXT [--image PATH ...] [--video PATH]     print the answer
+  --input prompts.jsonl --output answers.jsonl         training records, answer added as a gpt turn
+  --inputs IN.safetensors --out OUT.safetensors        input_ids [B,S] int64 (+ pixel_values) ->
+                                                       generated_ids [B,N] int64, -1 after the end"""
+
+
+class GenerateError(UserError):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sail generate", description=DESCRIPTION,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", required=True,
+                   help="a run's checkpoints/ directory (latest is used) or an iter_* directory")
+    form = p.add_mutually_exclusive_group(required=True)
+    form.add_argument("--prompt", help="the question (an <image> placeholder per image, or "
+                                       "images go first)")
+    form.add_argument("--input", help="JSONL records (training format); a trailing gpt turn is "
+                                      "replaced by the generated answer")
+    form.add_argument("--inputs", help="safetensors with input_ids [B, S] int64 and optional "
+                                       "pixel_values [tiles, 3, H, W] float32")
+    p.add_argument("--image", action="append", default=[], help="image file (repeatable)")
+    p.add_argument("--video", help="video file (frames sampled as in training, one tile each)")
+    p.add_argument("--tokenizer", help="tokenizer (HF directory or sentencepiece .model); "
+                                       "default: the run's")
+    p.add_argument("--output", help="answers JSONL (with --input)")
+    p.add_argument("--out", help="safetensors for generated_ids (with --inputs)")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0, help="0: no limit")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--img-context-token-id", type=int, default=151671)
+    p.add_argument("--eos-token-id", type=int, nargs="+", default=None,
+                   help="end token ids (default: the tokenizer's <|im_end|>)")
+    p.add_argument("--thinking", action="store_true",
+                   help="append the SAIL-VL2-Thinking prompt to every user turn")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts generated together")
+    p.add_argument("--tp", type=int, default=1)
+    p.add_argument("--pp", type=int, default=1)
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    return p
+
+
+def _options(ns, eos: tuple[int, ...], tokenizer=None):
+    from megatron_sail.generation.runner import GenerateOptions
+
+    return GenerateOptions(max_new_tokens=ns.max_new_tokens, temperature=ns.temperature,
+                           top_p=ns.top_p, top_k=ns.top_k, seed=ns.seed, eos_token_ids=eos,
+                           img_context_token_id=ns.img_context_token_id, tp=ns.tp, pp=ns.pp,
+                           dtype=ns.dtype, batch_size=ns.batch_size,
+                           progress=ns.input is not None,
+                           vocab_limit=None if tokenizer is None else tokenizer.vocab_size)
+
+
+def _encoder(cfg, tokenizer):
+    from megatron_sail.data.build import sample_encoder
+
+    encoder = sample_encoder(cfg, tokenizer)
+    encoder.seq_length = None      # the context limit is checked against the model's positions
+    encoder.image_decoder = "pillow"
+    return encoder
+
+
+def _raw(ns) -> int:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    import os
+
+    from megatron_sail.generation.runner import run_generation, to_padded
+
+    if not ns.out:
+        raise GenerateError("--inputs needs --out OUT.safetensors")
+    if not ns.eos_token_id:
+        raise GenerateError("--inputs needs --eos-token-id ID (raw ids come without a tokenizer)")
+    try:
+        inputs = load_file(ns.inputs)
+    except Exception as exc:  # safetensors raises its own error types
+        raise GenerateError(f"{ns.inputs}: unreadable safetensors file: {exc}") from None
+    ids = inputs.get("input_ids")
+    if ids is None or ids.dtype != torch.int64 or ids.dim() != 2 or ids.shape[1] == 0:
+        raise GenerateError(f"{ns.inputs}: input_ids must be an int64 tensor [batch, length]")
+    pixels = inputs.get("pixel_values")
+    result = run_generation(ns.ckpt, ids.tolist(), pixels, _options(ns, tuple(ns.eos_token_id)))
+    out = Path(ns.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")   # as sail forward: whole file or none
+    save_file({"generated_ids": to_padded(result.generated)}, str(tmp))
+    os.replace(tmp, out)
+    print(f"wrote generated_ids [{len(result.generated)}, "
+          f"{max(len(g) for g in result.generated)}] to {ns.out} "
+          f"({result.tokens / max(result.seconds, 1e-9):.1f} tokens/s)")
+    return 0
+
+
+def _tokenizer_and_config(ns):
+    from megatron_sail.generation.loading import find_tokenizer
+    from megatron_sail.generation.runner import open_model
+
+    ckpt_dir, cfg = open_model(ns.ckpt)
+    tokenizer = find_tokenizer(ckpt_dir, cfg.data.tokenizer, ns.tokenizer)
+    if tokenizer is None:
+        raise GenerateError(f"{ns.ckpt}: no tokenizer found for this run; give --tokenizer")
+    eos = tuple(ns.eos_token_id) if ns.eos_token_id else (tokenizer.eos_id,)
+    return cfg, tokenizer, eos
+
+
+def _prompt(ns) -> int:
+    import os
+
+    from megatron_sail.generation.prompts import SampleError, encode_prompt, prompt_record
+    from megatron_sail.generation.runner import run_generation
+
+    for flag, path in [("--image", i) for i in ns.image] + [("--video", ns.video)] * bool(ns.video):
+        if not os.path.isfile(path):
+            raise GenerateError(f"{flag} {path}: no such file")
+    cfg, tokenizer, eos = _tokenizer_and_config(ns)
+    obj = {"conversations": [{"from": "human", "value": ns.prompt}]}
+    if ns.image:
+        obj["image"] = [os.path.abspath(i) for i in ns.image]
+    if ns.video:
+        obj["video"] = os.path.abspath(ns.video)
+    try:
+        prompt = encode_prompt(_encoder(cfg, tokenizer),
+                               prompt_record(obj, "--prompt", None, None, ns.thinking))
+    except SampleError as exc:
+        raise GenerateError(str(exc)) from None
+    result = run_generation(ns.ckpt, [prompt.ids], prompt.pixel_values, _options(ns, eos, tokenizer))
+    answer = result.generated[0]
+    if answer and answer[-1] in eos:
+        answer = answer[:-1]
+    print(tokenizer.decode(answer))
+    return 0
+
+
+def _jsonl(ns) -> int:
+    import torch
+
+    from megatron_sail.checkpointing.layout_files import write_atomic
+    from megatron_sail.data.records import RecordError, media_base
+    from megatron_sail.generation.prompts import SampleError, encode_prompt, prompt_record
+    from megatron_sail.generation.runner import run_generation
+
+    if not ns.output:
+        raise GenerateError("--input needs --output answers.jsonl")
+    cfg, tokenizer, eos = _tokenizer_and_config(ns)
+    encoder = _encoder(cfg, tokenizer)
+    base = media_base(ns.input)
+    try:
+        lines = Path(ns.input).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GenerateError(f"{ns.input}: cannot read ({exc})") from None
+    objs, prompts, pixels, skipped = [], [], [], 0
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            prompt = encode_prompt(encoder, prompt_record(obj, ns.input, number, base, ns.thinking))
+        except (json.JSONDecodeError, RecordError, SampleError) as exc:
+            skipped += 1
+            print(f"sail generate: skipped {ns.input}:{number}: {exc}", file=sys.stderr)
+            continue
+        objs.append(obj)
+        prompts.append(prompt.ids)
+        if prompt.pixel_values is not None:
+            pixels.append(prompt.pixel_values)
+    if not prompts:
+        raise GenerateError(f"{ns.input}: no usable record ({skipped} skipped)")
+    result = run_generation(ns.ckpt, prompts, torch.cat(pixels) if pixels else None,
+                            _options(ns, eos, tokenizer))
+    out = []
+    for obj, new in zip(objs, result.generated):
+        answer = tokenizer.decode(new[:-1] if new and new[-1] in eos else new)
+        conv = list(obj["conversations"])
+        if conv and conv[-1].get("from") in ("gpt", "assistant"):
+            conv = conv[:-1]
+        out.append(json.dumps(dict(obj, conversations=conv + [{"from": "gpt", "value": answer}]),
+                              ensure_ascii=False))
+    Path(ns.output).parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(Path(ns.output), "".join(line + "\n" for line in out))
+    print(f"wrote {len(out)} answers to {ns.output} ({skipped} records skipped; "
+          f"{result.tokens} tokens, {result.tokens / max(result.seconds, 1e-9):.1f} tokens/s)")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    ns = _parser().parse_args(argv)
+    from megatron_sail.checkpointing.layout_files import CheckpointError
+    from megatron_sail.config import ConfigError
+    from megatron_sail.convert.errors import ConversionError
+    from megatron_sail.convert.outputs import exit_on_sigterm
+    from megatron_sail.errors import report_error
+
+    try:
+        with exit_on_sigterm():
+            if ns.inputs:
+                return _raw(ns)
+            if ns.input:
+                return _jsonl(ns)
+            return _prompt(ns)
+    except (ConversionError, CheckpointError, ConfigError, GenerateError) as exc:
+        report_error("generate", str(exc))
+        return 2

@@ -1,0 +1,48 @@
+"""The rank side of ``sail generate``: generate for the prompts of a job spec, a batch at a
+time, and return the new tokens from the rank that picked them, with the time spent."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+
+def _tiles_per_prompt(prompts, pixels, img_id: int, patch: int) -> list[int]:
+    if pixels is None:
+        return [0] * len(prompts)
+    per_tile = (pixels.shape[2] // (2 * patch)) * (pixels.shape[3] // (2 * patch))
+    return [sum(1 for t in p if t == img_id) // per_tile for p in prompts]
+
+
+def run_job(spec: dict, cfg, layout, chunks) -> dict:
+    from safetensors.torch import load_file
+
+    from megatron_sail.convert.megatron_side import is_logits_writer
+    from megatron_sail.generation.generate import generate
+
+    prompts = spec["prompts"]
+    pixels = load_file(spec["pixels"])["pixel_values"] if spec.get("pixels") else None
+    img_id = cfg.model.img_context_token_id
+    tiles = _tiles_per_prompt(prompts, pixels, img_id, cfg.model.vision.patch_size)
+    batch, writer = spec["batch_size"], is_logits_writer()
+    vocab = min(cfg.model.llm.vocab_size, spec.get("vocab_limit") or cfg.model.llm.vocab_size)
+    out: list[list[int]] = []
+    start = time.perf_counter()
+    tile0 = 0
+    for first in range(0, len(prompts), batch):
+        rows = prompts[first:first + batch]
+        n = sum(tiles[first:first + batch])
+        px = pixels[tile0:tile0 + n] if pixels is not None and n else None
+        tile0 += n
+        out += generate(chunks, layout, rows, pixel_values=px,
+                        max_new_tokens=spec["max_new_tokens"], temperature=spec["temperature"],
+                        top_p=spec["top_p"], top_k=spec["top_k"], seed=spec["seed"] + first,
+                        eos_token_ids=tuple(spec["eos_token_ids"]), img_context_token_id=img_id,
+                        vocab_size=vocab, pad_id=spec["pad_id"])
+        if writer and spec.get("progress"):
+            seconds = time.perf_counter() - start
+            tokens = sum(len(g) for g in out)
+            print(f"generated {len(out)}/{len(prompts)} prompts, {tokens} tokens, "
+                  f"{tokens / max(seconds, 1e-9):.1f} tokens/s", file=sys.stderr, flush=True)
+    seconds = time.perf_counter() - start
+    return {"generated": out, "seconds": seconds} if writer else {}

@@ -1,0 +1,49 @@
+"""A checkpoint ready for ``generate`` in the calling ranks, through ``sail forward``'s path
+(the checkpoint's model rebuilt at the requested TP/PP, local layers, no training state)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from megatron_sail.convert.forward import DEFAULT_IMG_CONTEXT_ID, forward_config
+
+
+def find_tokenizer(ckpt_dir: Path, configured: Optional[str], explicit: Optional[str] = None):
+    """``explicit`` (--tokenizer), else the run's ``data.tokenizer``, else the sentencepiece
+    model a synthetic run trained next to its checkpoints; None when there is none."""
+    from megatron_sail.data.hf_tokenizer import load_tokenizer
+
+    for path in (explicit, configured):
+        if path:
+            return load_tokenizer(path)
+    trained = ckpt_dir.parent.parent / "tokenizer.model"   # RUN/checkpoints/iter_*/
+    return load_tokenizer(str(trained)) if trained.is_file() else None
+
+
+def load_for_generation(ckpt: str | Path, tp: int = 1, pp: int = 1, *, max_length: int,
+                        img_context_token_id: int = DEFAULT_IMG_CONTEXT_ID,
+                        dtype: str = "fp32", tokenizer: Optional[str] = None):
+    """``(cfg, layout, model_chunks, tokenizer_or_None)`` for ``generate``. Every rank of a
+    process group of ``tp * pp`` ranks calls it; Megatron's model-parallel state is set up
+    here unless the caller already did (then it must be this TP/PP). ``max_length``: the
+    longest prompt plus new tokens (checked against the model's positions by the caller)."""
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+
+    from megatron_sail.config.layout import resolve_layout
+    from megatron_sail.convert.exporter import open_checkpoint
+    from megatron_sail.convert.worker import load_model
+    from megatron_sail.distributed.runtime import init_model_parallel
+
+    ckpt_dir, _, cfg, _ = open_checkpoint(ckpt)
+    configured_tokenizer = cfg.data.tokenizer
+    cfg.model.img_context_token_id = img_context_token_id
+    cfg = forward_config(cfg, tp, pp, dtype, max_length)
+    layout = resolve_layout(cfg, dist.get_world_size() if dist.is_initialized() else 1)
+    if not parallel_state.model_parallel_is_initialized():
+        init_model_parallel(layout, cfg.train.seed)
+    chunks = load_model(ckpt_dir, cfg, layout)
+    for chunk in chunks:
+        chunk.eval()
+    return cfg, layout, chunks, find_tokenizer(ckpt_dir, configured_tokenizer, tokenizer)
