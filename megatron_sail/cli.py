@@ -122,13 +122,25 @@ COMMANDS = {
 }
 
 
+# Commands that run Megatron-Core: refused up front on a release outside the supported range
+# (their rank processes also check every compatibility touch point at start-up).
+_RUN_MEGATRON = ("train", "convert", "forward")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print(USAGE, file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
+    from megatron_sail.compat.versions import CompatError, check_megatron_core_version
+
     try:
+        if argv[0] in _RUN_MEGATRON and not {"-h", "--help"} & set(argv[1:]):
+            check_megatron_core_version()
         return COMMANDS[argv[0]](argv[1:])
+    except CompatError as exc:
+        print(f"sail {argv[0]}: error: {exc}", file=sys.stderr)
+        return 2
     except UsageError as exc:
         print(f"sail {argv[0]}: error: {exc}\nusage: {USAGE}", file=sys.stderr)
         return 2

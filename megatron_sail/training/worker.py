@@ -7,9 +7,11 @@ import sys
 
 
 def run_worker(config_path: str | None, overrides: list[str]) -> int:
+    from megatron_sail.compat.startup import check_stack
     from megatron_sail.distributed.cpu_compat import import_megatron
 
     import_megatron()
+    check_stack()
     from megatron_sail.config import load_config
     from megatron_sail.distributed.runtime import detect_env, shutdown
     from megatron_sail.training.trainer import Trainer
@@ -28,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
 
     record_early_signals()
     from megatron_sail.checkpointing.layout_files import CheckpointError
+    from megatron_sail.compat.versions import CompatError
     from megatron_sail.config import ConfigError
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -35,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = argv[1:] if config_path else argv
     try:
         return run_worker(config_path, overrides)
-    except (ConfigError, CheckpointError) as exc:
+    except (ConfigError, CheckpointError, CompatError) as exc:
         print(f"sail train: error: {exc}", file=sys.stderr, flush=True)
         return 2
 
