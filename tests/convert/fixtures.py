@@ -20,8 +20,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from tests.helpers import RELEASE_FIXTURE
+
 # The real SAIL-VL2-2B release's config, index and tokenizer files, next to the repository.
-RELEASE = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "sailvl2-2b-release"
+RELEASE = Path(RELEASE_FIXTURE)
 
 VOCAB = 300
 IMAGE, PATCH = 112, 14
