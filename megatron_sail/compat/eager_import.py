@@ -40,3 +40,10 @@ def import_megatron() -> None:
         import megatron.core.transformer.moe.moe_layer  # noqa: F401 - imported by MoE builds
     finally:
         torch.compile = compile_fn
+
+
+def preload_dynamo() -> None:
+    """Model builds on the meta device reach ``torch._dynamo`` (private; torch imports it
+    lazily, about 1 s on a 2-core machine): a process that builds models later can import
+    it ahead of time."""
+    import torch._dynamo  # noqa: F401

@@ -24,6 +24,8 @@ CHECKED_MODULES = (
     "megatron_sail.compat.sharded_tensors",
     "megatron_sail.compat.deferred_fsync",
     "megatron_sail.compat.torch_dcp",
+    "megatron_sail.compat.torch_dispatch",
+    "megatron_sail.compat.shared_memory",
 )
 
 _checked = False

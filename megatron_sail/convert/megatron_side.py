@@ -48,16 +48,17 @@ def build_empty(cfg: SailConfig, layout: Layout) -> list:
     made: dict[int, torch.nn.Parameter] = {}
     for chunk in chunks:
         for module in chunk.modules():
-            for name, param in list(module._parameters.items()):
-                if param is None or not param.is_meta:
+            own = list(module.named_parameters(recurse=False, remove_duplicate=False))
+            for name, param in own:
+                if not param.is_meta:
                     continue
                 if id(param) not in made:  # a shared parameter stays shared
                     real = torch.nn.Parameter(torch.empty_like(param, device="cpu"),
                                               requires_grad=param.requires_grad)
                     real.__dict__.update(param.__dict__)  # Megatron's TP/SP attributes
                     made[id(param)] = real
-                module._parameters[name] = made[id(param)]
-            meta = [n for n, b in module._buffers.items() if b is not None and b.is_meta]
+                setattr(module, name, made[id(param)])
+            meta = [n for n, b in module.named_buffers(recurse=False) if b.is_meta]
             if meta:
                 raise RuntimeError(f"{type(module).__name__} has buffers {meta} that would need "
                                    f"initialising; they cannot be built on the meta device")

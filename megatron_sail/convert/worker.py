@@ -110,14 +110,13 @@ JOBS = {"write": _write_job, "forward": _forward_job}
 
 def _start_up() -> None:
     """Imports and process group: everything that does not depend on the job."""
+    from megatron_sail.compat.eager_import import preload_dynamo
     from megatron_sail.compat.startup import check_stack
     from megatron_sail.distributed.cpu_compat import import_megatron
 
     import_megatron()
     check_stack()
-    # Model builds on the meta device reach torch._dynamo (torch imports it lazily, about
-    # 1 s here); importing it now takes it off the job's critical path.
-    import torch._dynamo  # noqa: F401
+    preload_dynamo()  # off the job's critical path
     from megatron.core import dist_checkpointing  # noqa: F401
 
     from megatron_sail.convert import megatron_side  # noqa: F401
