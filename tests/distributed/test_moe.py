@@ -10,24 +10,49 @@ import pytest
 from tests.helpers import REPO, assert_close_losses
 
 MOE = os.path.join(REPO, "examples", "tiny", "pretrain-moe.yaml")
-SHORT = ["train.train_iters=2", "train.eval_interval=null", "checkpoint.save_interval=null"]
+# Three iterations: the second and third run after optimizer steps, so they check the expert
+# gradients' reduction over EP/TP (and the distributed optimizer's update of sharded experts),
+# not only the forward pass.
+SHORT = ["train.train_iters=3", "train.eval_interval=null", "checkpoint.save_interval=null"]
 
 
 @pytest.fixture(scope="module")
 def ep1(sail, tmp_path_factory):
     out = tmp_path_factory.mktemp("moe_ep1")
     sail.train(out, *SHORT, nproc=1, config=MOE)
-    return sail.losses(out)
+    return {r["iteration"]: r for r in sail.metrics(out)}
+
+
+def _megatron_before(release: str) -> bool:
+    from packaging.version import Version
+
+    from megatron_sail.compat.versions import installed_megatron_core
+
+    return Version(installed_megatron_core()) < Version(release)
+
+
+# megatron-core 0.16.1 with TP=2 + SP and whole experts: iteration 1's loss is bit-identical to
+# EP=1 but its gradient norm is 4.7e-5 relative off (dense TP=2: 2e-7), and iteration 2's loss
+# 2.3e-4 relative; megatron-core 0.19.2 matches EP=1 to 4e-8 there.
+_TP_SP_EXPERT_GRADS = pytest.mark.xfail(
+    _megatron_before("0.17"), strict=True,
+    reason="megatron-core 0.16.1: expert-layer gradients under TP+SP differ from EP=1 (~5e-5)")
 
 
 @pytest.mark.parametrize("layout", [
     ["parallel.expert_model_parallel_size=2"],
     ["parallel.expert_model_parallel_size=2", "model.moe.token_dispatcher=allgather"],
-    ["parallel.tensor_model_parallel_size=2"],  # sequence parallelism on, experts whole
+    pytest.param(["parallel.tensor_model_parallel_size=2"],  # sequence parallelism on, experts whole
+                 marks=_TP_SP_EXPERT_GRADS),
 ], ids=["ep2_alltoall", "ep2_allgather", "tp2_sp"])
-def test_first_iteration_matches_ep1(sail, ep1, tmp_path, layout):
+def test_first_iterations_match_ep1(sail, ep1, tmp_path, layout):
     sail.train(tmp_path, *SHORT, *layout, nproc=2, config=MOE)
-    assert_close_losses(sail.losses(tmp_path), ep1, [1])
+    records = sail.metrics(tmp_path)
+    assert [r["iteration"] for r in records] == [1, 2, 3]
+    assert_close_losses({r["iteration"]: r["loss"] for r in records},
+                        {i: r["loss"] for i, r in ep1.items()}, [1, 2, 3])
+    for r in records:  # same gradients: norm as in the layout tests (clipping acts on it)
+        assert r["grad_norm"] == pytest.approx(ep1[r["iteration"]]["grad_norm"], rel=1e-3)
 
 
 def test_global_batch_aux_loss_equals_concatenated_tokens(sail, tmp_path):
