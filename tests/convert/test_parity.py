@@ -17,7 +17,7 @@ from megatron_sail.convert import cli, forward_cli
 from megatron_sail.convert.forward import write_inputs
 from megatron_sail.convert.reference import ReleaseReference
 from megatron_sail.convert.verify import make_inputs
-from tests.convert.fixtures import LLM, VIT, write_base_models
+from tests.convert.fixtures import LLM, VIT, edit_common, write_base_models
 from tests.convert.test_roundtrip import load_dir
 from tests.helpers import fp32_tolerance
 
@@ -117,13 +117,10 @@ def test_init_from_train_export_verify(llm, capsys, sail, tmp_path):
         assert not torch.equal(after[expert], got[expert])
         # As if trained on GPUs with TE and grouped-GEMM experts (which share the sequential
         # experts' checkpoint format): verify still runs it on CPU with local layers.
-        # (megatron-core >= 0.19 keeps the common state inside the .distcp files, which this
-        # test does not rewrite: there the checkpoint is verified as trained.)
-        common_path = run / "checkpoints" / "iter_0000002" / "common.pt"
-        if common_path.exists():
-            common = torch.load(common_path, weights_only=True)
+        def as_on_gpus(common):
             model = common["sail"]["config"]["model"]
             model["transformer_impl"], model["moe"]["grouped_gemm"] = "transformer_engine", True
-            torch.save(common, common_path)
+
+        edit_common(run / "checkpoints" / "iter_0000002", as_on_gpus)
     diff, allowed = run_verify(capsys, trained, run / "checkpoints")
     assert diff <= allowed
