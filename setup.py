@@ -3,18 +3,21 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 # Compatible ranges: installs into a cluster's own torch / Transformer Engine container without
-# replacing its torch. The exact versions tested here are pinned in constraints.txt.
+# replacing its torch. megatron-core: exactly the tested releases (0.16.1 on Python 3.11;
+# 0.17.x-0.19.x on Python 3.12), the range megatron_sail.compat.versions checks at start-up.
+# The exact versions CI tests are pinned in constraints.txt (3.11) and constraints-py312.txt.
 setup(
     name="megatron-sail",
     version="0.1.0",
     description="Train SAIL-VL2 vision-language models on Megatron-Core",
     long_description=Path(__file__).with_name("README.md").read_text(),
     long_description_content_type="text/markdown",
-    python_requires=">=3.10",
+    python_requires=">=3.11,<3.13",
     packages=find_packages(include=["megatron_sail", "megatron_sail.*"]),
     install_requires=[
-        "torch>=2.4",
-        "megatron-core>=0.16.1",
+        "torch>=2.9",
+        "megatron-core>=0.16.1,<0.20",
+        "packaging>=23",  # the start-up version check
         "numpy>=1.24",
         "pyyaml>=6.0",
         "sentencepiece>=0.2",

@@ -143,6 +143,11 @@ COMMANDS = {
 }
 
 
+# Commands that run Megatron-Core: refused up front on a release outside the supported range
+# (their rank processes also check every compatibility touch point at start-up).
+_RUN_MEGATRON = ("train", "convert", "forward")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
@@ -152,7 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) > 1 and command in ("convert", "slurm", "scaling", "data") \
             and not argv[1].startswith("-"):
         command = f"{command} {argv[1]}"
+    from megatron_sail.compat.versions import check_megatron_core_version
+
     try:
+        if argv[0] in _RUN_MEGATRON and not {"-h", "--help"} & set(argv[1:]):
+            check_megatron_core_version()
         return COMMANDS[argv[0]](argv[1:])
     except UserError as exc:
         report_error(command, str(exc))

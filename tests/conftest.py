@@ -7,10 +7,33 @@ import os
 
 import pytest
 
+from megatron_sail.compat.startup import check_stack
 from megatron_sail.distributed.cpu_compat import import_megatron
 from tests.helpers import TINY, SailRunner
 
 import_megatron()  # before any test module imports Megatron-Core
+check_stack()  # a stack megatron_sail does not support fails here, once, with the reason
+
+
+# Marks by area (registered in pytest.ini), so that new tests there get them too:
+# ``megatron`` - runs Megatron-Core code (CI's Python 3.12 lane runs exactly these);
+# ``slow`` - starts rank processes (training, conversion, SLURM jobs): ``-m "not slow"`` is the
+# quick developer run.
+_MEGATRON_AREAS = ("distributed", "convert", "compat", "test_reference_parity.py")
+_SLOW_AREAS = ("distributed", "slurm")
+_MEGATRON_FIXTURES = {"megatron_single_rank", "sail", "imported"}
+_SLOW_FIXTURES = {"sail", "imported"}
+
+
+def pytest_collection_modifyitems(config, items):
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    for item in items:
+        area = os.path.relpath(str(item.path), tests_dir).split(os.sep)[0]
+        fixtures = set(item.fixturenames)
+        if area in _MEGATRON_AREAS or fixtures & _MEGATRON_FIXTURES:
+            item.add_marker(pytest.mark.megatron)
+        if area in _SLOW_AREAS or fixtures & _SLOW_FIXTURES:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

@@ -2,10 +2,43 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "examples", "tiny", "pretrain.yaml")
+# Shared fixtures live next to the repository (../shared), never at a machine's absolute path.
+SHARED = os.path.join(os.path.dirname(REPO), "shared")
+RELEASE_FIXTURE = os.path.join(SHARED, "fixtures", "sailvl2-2b-release")
+
+FP32_EPS = 2.0 ** -23  # unit roundoff of float32 (torch.finfo(torch.float32).eps)
+# Tail factor of the probabilistic rounding-error bound below: the worst of ~1e4 output
+# elements, and the gain of normalisation/softmax layers (Lipschitz constant about 1).
+ROUNDING_FACTOR = 4.0
+
+
+def fp32_tolerance(max_abs: float, reduction: int, depth: int) -> float:
+    """Largest difference expected between two fp32 computations of the same network that
+    only sum in different orders (Megatron vs a reference implementation).
+
+    A dot product of length n rounds with a relative error of about sqrt(n) * eps (the
+    errors are independent: a random walk, not the worst case n * eps); ``depth`` layers
+    in sequence add theirs in quadrature; the residual stream carries the output's scale, so
+    the bound is relative to the largest output magnitude. ``reduction`` is the longest sum
+    (hidden, FFN or sequence length), ``depth`` the number of layers on the path."""
+    return ROUNDING_FACTOR * max_abs * FP32_EPS * math.sqrt(reduction) * math.sqrt(depth)
+
+
+def require_shared(path: str):
+    """Skip-mark for tests that need a fixture from ../shared; in CI (``CI=true``) a missing
+    fixture is an error instead, so a lane never passes by skipping them."""
+    import pytest
+
+    if os.path.exists(path):
+        return []
+    if os.environ.get("CI") == "true":
+        raise FileNotFoundError(f"{path}: shared test fixture missing (CI=true: not skipping)")
+    return pytest.mark.skip(reason=f"shared fixture {path} missing")
 
 
 class SailRunner:

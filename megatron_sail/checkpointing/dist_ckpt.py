@@ -8,7 +8,6 @@ file and renames, so a checkpoint is complete or absent.
 
 from __future__ import annotations
 
-import queue
 import random
 import shutil
 from pathlib import Path
@@ -23,6 +22,8 @@ from torch.distributed.checkpoint.api import CheckpointException as TorchCheckpo
 from megatron_sail.checkpointing.layout_files import (
     CheckpointError, iteration_dir, publish, read_marker, refuse_unsafe_pickles,
 )
+from megatron_sail.compat.dist_ckpt_internals import has_embedded_common, local_write_results
+from megatron_sail.compat.versions import installed_megatron_core
 
 COMMON_KEY = "sail"
 
@@ -77,18 +78,6 @@ def _has_params(optimizer) -> bool:
     return optimizer is not None and any(g["params"] for g in optimizer.param_groups)
 
 
-def _local_write_results() -> None:
-    """Megatron's torch_dist writer returns its results through a queue made for async saves:
-    a Manager served by a spawned interpreter, which imports torch to unpickle them (about
-    4 s on a 2-core machine, on the critical path of each process's first save). Our saves
-    are synchronous: the writer runs in the saving process, where a local queue carries the
-    same results. (If a newer Megatron drops this module global, nothing changes.)"""
-    from megatron.core.dist_checkpointing.strategies import filesystem_async
-
-    if getattr(filesystem_async, "_results_queue", False) is None:
-        filesystem_async._results_queue = queue.Queue()
-
-
 def save_checkpoint(root: Path, iteration: int, chunks, optimizer, common: dict,
                     marker: dict, keep_last: Optional[int] = None,
                     also: Optional[Callable[[Path], None]] = None) -> Path:
@@ -108,7 +97,7 @@ def save_checkpoint(root: Path, iteration: int, chunks, optimizer, common: dict,
         state["optimizer"] = optimizer.sharded_state_dict(state, metadata=_metadata())
     state["rng_state"] = _rng_object(_rng_state())
     state[COMMON_KEY] = common
-    _local_write_results()
+    local_write_results()
     dist_checkpointing.save(state, str(tmp))
     torch.distributed.barrier()
     if also is not None:
@@ -147,6 +136,12 @@ def load_common(ckpt_dir: Path) -> dict:
     try:
         common = dist_checkpointing.load_common_state_dict(str(ckpt_dir))
     except (Exception, TorchCheckpointException) as exc:
+        if has_embedded_common(ckpt_dir):  # megatron-core < 0.19 only reads common.pt
+            raise CheckpointError(
+                f"{ckpt_dir}: no common.pt - written by megatron-core >= 0.19, which keeps the "
+                f"common state inside the .distcp files; megatron-core "
+                f"{installed_megatron_core()} cannot read it ({type(exc).__name__}: {exc}). "
+                f"Resume with megatron-core >= 0.19 (Python >= 3.12)") from exc
         raise CheckpointError(f"{ckpt_dir}: unreadable common state: {exc}") from exc
     if COMMON_KEY not in common:
         raise CheckpointError(f"{ckpt_dir}: not written by megatron_sail (no '{COMMON_KEY}' state)")

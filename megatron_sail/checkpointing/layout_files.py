@@ -6,9 +6,8 @@ import json
 import os
 import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 from megatron_sail.errors import UserError
 
@@ -74,21 +73,6 @@ class SyncBehind:
                 future.result()
         finally:
             self._pool.shutdown()
-
-
-@contextmanager
-def fsync_deferred() -> Iterator[None]:
-    """Skip the file syncs made inside this block - Megatron's checkpoint writer syncs each
-    file it writes, and its forked writer processes inherit this - for a caller that has
-    other work to do meanwhile and syncs the whole tree itself (``sync_tree``) before it
-    publishes it. Syncing costs the disk's speed either way (about 3 s per 2.5 GB here);
-    deferred, it overlaps that work instead of preceding it."""
-    real = os.fsync
-    os.fsync = lambda fd: None
-    try:
-        yield
-    finally:
-        os.fsync = real
 
 
 def rename_synced(src: Path, dst: Path) -> None:

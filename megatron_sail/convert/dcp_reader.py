@@ -8,6 +8,7 @@ any region of it. Only the model is read; optimizer state and RNG are skipped.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import warnings
@@ -20,9 +21,10 @@ from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, TensorStorageMetadata
 from torch.distributed.checkpoint.planner import LoadPlan
-from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 
 from megatron_sail.checkpointing.layout_files import CheckpointError, refuse_unsafe_pickles
+from megatron_sail.compat.dist_ckpt_internals import EMBEDDED_COMMON_KEY, has_embedded_common
+from megatron_sail.compat.torch_dcp import create_read_items_for_chunk_list
 from megatron_sail.convert.errors import ConversionError, inventory_problems
 
 # = checkpointing.dist_ckpt.COMMON_KEY; that module imports Megatron, which export does not need
@@ -64,14 +66,30 @@ class _RegionPlanner(DefaultLoadPlanner):
         return self.state_dict[index.fqn]
 
 
+class _RawBytesPlanner(DefaultLoadPlanner):
+    """Hands stored objects over as their bytes: DCP's default planner unpickles them with
+    ``weights_only=False``, which a checkpoint from elsewhere must never reach."""
+
+    def __init__(self):
+        super().__init__(flatten_state_dict=False, flatten_sharded_tensors=False)
+
+    def load_bytes(self, read_item, value: io.BytesIO) -> None:
+        self.state_dict[read_item.dest_index.fqn] = io.BytesIO(value.read())
+
+
 class DistCheckpointReader:
     def __init__(self, ckpt_dir: Path):
         self.ckpt_dir = Path(ckpt_dir)
         backends = self._backends()
+        # megatron-core < 0.19: common state in common.pt ("common_backend": "torch");
+        # >= 0.19: inside the .distcp files, no common backend
+        self._embedded_common = has_embedded_common(self.ckpt_dir)
+        common_kind = None if self._embedded_common else "torch"
         kinds = (backends.get("sharded_backend"), backends.get("common_backend"))
-        if kinds != ("torch_dist", "torch"):
+        if kinds != ("torch_dist", common_kind):
             raise CheckpointError(f"{self.ckpt_dir}: unsupported checkpoint backends {backends} "
-                                  f"(expected torch_dist + torch)")
+                                  f"(expected torch_dist + torch, or torch_dist alone without "
+                                  f"common.pt)")
         refuse_unsafe_pickles(self.ckpt_dir)  # and restricts the reads below
         self._reader = _CachedReader(str(self.ckpt_dir))
         try:
@@ -94,12 +112,25 @@ class DistCheckpointReader:
         """The plain state saved next to the tensors (config, train state, ...)."""
         path = self.ckpt_dir / "common.pt"
         try:
-            common = torch.load(path, map_location="cpu", weights_only=True)
+            if self._embedded_common:
+                path = self.ckpt_dir / f"{EMBEDDED_COMMON_KEY} in the .distcp files"
+                common = torch.load(self._embedded_common_bytes(), map_location="cpu",
+                                    weights_only=True)[0]
+            else:
+                common = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch.load raises many kinds for a bad file
             raise CheckpointError(f"{path}: unreadable common state: {exc}") from None
         if COMMON_KEY not in common or "config" not in common[COMMON_KEY]:
             raise CheckpointError(f"{self.ckpt_dir}: not written by megatron_sail (no config)")
         return common[COMMON_KEY]
+
+    def _embedded_common_bytes(self) -> io.BytesIO:
+        """megatron-core >= 0.19: the common state, torch-saved as a one-element list."""
+        state = {EMBEDDED_COMMON_KEY: io.BytesIO()}
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process"
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.load(state, storage_reader=self._reader, planner=_RawBytesPlanner(), no_dist=True)
+        return state[EMBEDDED_COMMON_KEY]
 
     def model_keys(self) -> list[str]:
         return [k for k in self.tensors if not _NOT_MODEL.match(k)]

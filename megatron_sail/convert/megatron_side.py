@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Iterator, Optional
 
 import torch
 from megatron.core import parallel_state
-from megatron.core.dist_checkpointing.mapping import (
-    ShardedTensor, ShardedTensorFactory, is_main_replica,
-)
+from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
 
+from megatron_sail.compat.dist_ckpt_internals import spread_main_replicas
+from megatron_sail.compat.sharded_tensors import is_flat_slice, is_main_replica, stacked_axes
 from megatron_sail.config.layout import Layout
 from megatron_sail.config.schema import SailConfig
 from megatron_sail.convert.errors import ConversionError, listing
@@ -48,16 +48,17 @@ def build_empty(cfg: SailConfig, layout: Layout) -> list:
     made: dict[int, torch.nn.Parameter] = {}
     for chunk in chunks:
         for module in chunk.modules():
-            for name, param in list(module._parameters.items()):
-                if param is None or not param.is_meta:
+            own = list(module.named_parameters(recurse=False, remove_duplicate=False))
+            for name, param in own:
+                if not param.is_meta:
                     continue
                 if id(param) not in made:  # a shared parameter stays shared
                     real = torch.nn.Parameter(torch.empty_like(param, device="cpu"),
                                               requires_grad=param.requires_grad)
                     real.__dict__.update(param.__dict__)  # Megatron's TP/SP attributes
                     made[id(param)] = real
-                module._parameters[name] = made[id(param)]
-            meta = [n for n, b in module._buffers.items() if b is not None and b.is_meta]
+                setattr(module, name, made[id(param)])
+            meta = [n for n, b in module.named_buffers(recurse=False) if b.is_meta]
             if meta:
                 raise RuntimeError(f"{type(module).__name__} has buffers {meta} that would need "
                                    f"initialising; they cannot be built on the meta device")
@@ -86,7 +87,7 @@ def sharded_tensors(chunk) -> list[ShardedTensor]:
 
 def _row_slab(sh: ShardedTensor) -> Optional[int]:
     """First row when this shard is whole rows of its (per-layer) tensor, else None."""
-    lead = sh.prepend_axis_num
+    lead = stacked_axes(sh)
     local = sh.local_shape[len(sh.local_shape) - (len(sh.global_shape) - lead):]
     full = tuple(sh.global_shape[lead:])
     offsets = sh.global_offset[lead:]
@@ -120,30 +121,13 @@ def _flattened(state: dict) -> dict:
     return out
 
 
-def _spread_main_replicas(states: list[dict]) -> None:
-    """Collective: choose which rank saves each replicated shard - Megatron's size-balanced
-    assignment, as its fully parallel save does - instead of always the first replica. A
-    replicated ViT (TP > 1) or the dense part of an MoE model (EP > TP) would otherwise all
-    be filled, saved and verified by one rank while the others wait."""
-    from megatron.core.dist_checkpointing.exchange_utils import (
-        determine_main_replica_uniform_distribution,
-    )
-    from megatron.core.dist_checkpointing.strategies.fully_parallel import (
-        distribute_main_replicas_with_precomputed_distribution,
-    )
-
-    group = torch.distributed.group.WORLD
-    distribution = determine_main_replica_uniform_distribution(states, group)
-    distribute_main_replicas_with_precomputed_distribution(states, group, distribution)
-
-
 def _standalone(state: dict, shards: list[ShardedTensor]) -> dict:
     out = {}
     for name, item in state.items():
         if isinstance(item, dict):
             out[name] = _standalone(item, shards)
         elif isinstance(item, ShardedTensor):
-            if item.flattened_range is None and is_main_replica(item.replica_id):
+            if not is_flat_slice(item) and is_main_replica(item):
                 sh = dataclasses.replace(item, data=torch.empty(item.data.shape,
                                                                 dtype=item.dtype))
                 shards.append(sh)
@@ -166,7 +150,11 @@ def standalone_shards(chunks) -> tuple[list[SaveView], list[ShardedTensor]]:
     from megatron_sail.checkpointing.dist_ckpt import model_sharded_state_dict
 
     states = [_flattened(model_sharded_state_dict([c])["model"]) for c in chunks]
-    _spread_main_replicas(states)
+    # Megatron's size-balanced choice of which rank saves each replicated shard, as its fully
+    # parallel save does, instead of always the first replica: a replicated ViT (TP > 1) or
+    # the dense part of an MoE model (EP > TP) would otherwise all be filled, saved and
+    # verified by one rank while the others wait.
+    spread_main_replicas(states, torch.distributed.group.WORLD)
     shards: list[ShardedTensor] = []
     views = [SaveView(_standalone(state, shards)) for state in states]
     return views, shards
@@ -197,7 +185,7 @@ def fill(shards: list[ShardedTensor], values: "Values", show_progress: bool) -> 
 
 
 def _fill_one(sh: ShardedTensor, values: "Values") -> None:
-    lead = sh.prepend_axis_num  # stacked axes: layer, and the global expert index
+    lead = stacked_axes(sh)  # stacked axes: layer, and the global expert index
     index = tuple(sh.global_offset[:lead])
     start = _row_slab(sh)
     if start is not None and values.read_rows_into(sh.key, index, start, sh.data):
@@ -260,7 +248,7 @@ def reload_fingerprints(shards: list[ShardedTensor], ckpt_dir: Path) -> list[int
     limit = int(os.environ.get("SAIL_CONVERT_LARGE_TENSOR_BYTES", LARGE_TENSOR_BYTES))
 
     def large(sh: ShardedTensor) -> bool:
-        per_layer = sh.global_shape[sh.prepend_axis_num:]
+        per_layer = sh.global_shape[stacked_axes(sh):]
         return math.prod(per_layer) * sh.dtype.itemsize > limit
 
     out: list[Optional[int]] = [None] * len(shards)

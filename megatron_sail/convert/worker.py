@@ -26,7 +26,8 @@ def _write_job(spec: dict, cfg, layout) -> dict:
     import torch
 
     from megatron_sail.checkpointing.dist_ckpt import save_checkpoint
-    from megatron_sail.checkpointing.layout_files import fsync_deferred, iteration_dir, sync_tree
+    from megatron_sail.checkpointing.layout_files import iteration_dir, sync_tree
+    from megatron_sail.compat.deferred_fsync import fsync_deferred
     from megatron_sail.config import config_to_dict
     from megatron_sail.convert import megatron_side as ms
     from megatron_sail.convert.progress import bytes_read, bytes_under, watch
@@ -125,12 +126,13 @@ JOBS = {"write": _write_job, "forward": _forward_job, "generate": _generate_job}
 
 def _start_up() -> None:
     """Imports and process group: everything that does not depend on the job."""
+    from megatron_sail.compat.eager_import import preload_dynamo
+    from megatron_sail.compat.startup import check_stack
     from megatron_sail.distributed.cpu_compat import import_megatron
 
     import_megatron()
-    # Model builds on the meta device reach torch._dynamo (torch imports it lazily, about
-    # 1 s here); importing it now takes it off the job's critical path.
-    import torch._dynamo  # noqa: F401
+    check_stack()
+    preload_dynamo()  # off the job's critical path
     from megatron.core import dist_checkpointing  # noqa: F401
 
     from megatron_sail.convert import megatron_side  # noqa: F401
@@ -154,11 +156,12 @@ def _meant_for_the_user(exc: BaseException) -> bool:
     """A clear error about the input (exit 2), rather than a bug (exit 1, with traceback)."""
     try:
         from megatron_sail.checkpointing.layout_files import CheckpointError
+        from megatron_sail.compat.versions import CompatError
         from megatron_sail.config import ConfigError
         from megatron_sail.convert.errors import ConversionError
     except Exception:  # noqa: BLE001 - the package itself failed to import
         return False
-    return isinstance(exc, (ConversionError, CheckpointError, ConfigError))
+    return isinstance(exc, (ConversionError, CheckpointError, ConfigError, CompatError))
 
 
 def main(argv: list[str]) -> int:

@@ -14,6 +14,8 @@ import math
 import torch
 from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
 
+from megatron_sail.compat.sharded_tensors import is_flat_slice, stacked_axes
+
 # Output projections of residual branches get Megatron's scaled init, std / sqrt(2 L).
 _RESIDUAL_OUTPUTS = ("linear_proj.weight", "linear_fc2.weight")
 
@@ -53,11 +55,11 @@ def initialize_weights(model_chunks, seed: int, std: float, num_layers: dict[str
     """Draw every tensor (or only those whose key starts with one of ``prefixes``)."""
     for chunk in model_chunks:
         for sh in _sharded_tensors(chunk.sharded_state_dict()):
-            if sh.data is None or sh.flattened_range is not None:
+            if sh.data is None or is_flat_slice(sh):
                 continue
             if prefixes is not None and not sh.key.startswith(prefixes):
                 continue
-            lead = sh.prepend_axis_num  # stacked-layer axes: part of the tensor's identity
+            lead = stacked_axes(sh)  # stacked-layer axes: part of the tensor's identity
             layer_offsets = tuple(sh.global_offset[:lead])
             full = initial_value(sh.key, tuple(sh.global_shape[lead:]), seed, layer_offsets,
                                  std, num_layers)

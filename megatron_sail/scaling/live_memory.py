@@ -14,8 +14,8 @@ from __future__ import annotations
 import weakref
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
+
+from megatron_sail.compat.torch_dispatch import TorchDispatchMode, tree_leaves
 
 
 class LiveTensorBytes(TorchDispatchMode):

@@ -97,9 +97,11 @@ def measure_trainer(cfg, env, iterations: int = 2) -> MemoryMeasurement:
 def _rank_main(config: str | None, cases: list[list[str]], ports: list[int], iterations: int,
                out: Path) -> int:
     """One rank: measure every case in turn, each in a fresh process group on its own port."""
+    from megatron_sail.compat.startup import check_stack
     from megatron_sail.distributed.cpu_compat import import_megatron
 
     import_megatron()
+    check_stack()
     from megatron_sail.config import load_config
     from megatron_sail.distributed.runtime import detect_env
 

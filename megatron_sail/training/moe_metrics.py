@@ -14,10 +14,9 @@ from typing import Optional
 
 import torch
 from megatron.core import parallel_state
-from megatron.core.transformer.moe.moe_utils import (
-    clear_aux_losses_tracker, get_moe_layer_wise_logging_tracker,
-)
 from megatron.core.transformer.moe.router import TopKRouter
+
+from megatron_sail.compat.moe_router import clear_layer_metrics, layer_metrics, routing_map
 
 KINDS = ("text", "visual")  # token kind ids 1 and 2; 0 is padding, not counted
 
@@ -60,16 +59,16 @@ class RoutingStats:
     def _hook(self, router, _inputs, outputs) -> None:
         if not torch.is_grad_enabled() or self.token_kinds is None:
             return  # evaluation, or the no-grad first pass of activation recompute
-        _, routing_map = outputs
+        routed = routing_map(outputs)
         layer = router.layer_number - 1
-        kinds = self.token_kinds.to(routing_map.device)
+        kinds = self.token_kinds.to(routed.device)
         for k in range(len(KINDS)):
-            rows = routing_map[kinds == k + 1]
+            rows = routed[kinds == k + 1]
             self.counts[k, layer] += rows.sum(0).to(torch.float64).cpu()
 
     def reset_step(self) -> None:
         """Before a training step: Megatron's global-batch statistics start afresh."""
-        clear_aux_losses_tracker()
+        clear_layer_metrics()
         for router in self.routers:
             if getattr(router, "global_tokens_per_expert", None) is not None:
                 router.reset_global_aux_loss_tracker()
@@ -77,11 +76,11 @@ class RoutingStats:
     # -- per iteration (collective) ---------------------------------------------------------
     def end_step(self, num_microbatches: int) -> None:
         """Reduce this step's balancing losses (collective: every rank calls it)."""
-        tracker = get_moe_layer_wise_logging_tracker()
+        tracker = layer_metrics()
         values = torch.zeros(len(_TRACKED), self.num_layers, dtype=torch.float64)
         for i, name in enumerate(_TRACKED):
             if name in tracker:
-                values[i] = tracker[name]["values"].detach().to(torch.float64).cpu()
+                values[i] = tracker[name].detach().to(torch.float64).cpu()
         values = _world_sum(values)
         dp = parallel_state.get_data_parallel_world_size()
         tp = parallel_state.get_tensor_model_parallel_world_size()
@@ -91,7 +90,7 @@ class RoutingStats:
                 per_layer = values[i] / (divisor[kind] * num_microbatches)
                 self.aux[name] = self.aux.get(name, 0.0) + float(per_layer.mean())
         self.steps = getattr(self, "steps", 0) + 1
-        clear_aux_losses_tracker()
+        clear_layer_metrics()
 
     def metrics(self) -> dict:
         """Collective. Statistics since the last call, then reset."""

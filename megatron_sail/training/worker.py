@@ -18,9 +18,11 @@ def run_worker(config_path: str | None, overrides: list[str]) -> int:
     # local launcher) already holds it for all of its ranks.
     owner = os.environ.get("SAIL_LAUNCHER") != "local" and is_first_rank()
     with hold_run_dir(cfg.run.output_dir) if owner else contextlib.nullcontext():
+        from megatron_sail.compat.startup import check_stack
         from megatron_sail.distributed.cpu_compat import import_megatron
 
         import_megatron()
+        check_stack()
         from megatron_sail.distributed.runtime import detect_env, shutdown
         from megatron_sail.training.trainer import Trainer
 

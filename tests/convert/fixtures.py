@@ -20,8 +20,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from tests.helpers import RELEASE_FIXTURE
+
 # The real SAIL-VL2-2B release's config, index and tokenizer files, next to the repository.
-RELEASE = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "sailvl2-2b-release"
+RELEASE = Path(RELEASE_FIXTURE)
 
 VOCAB = 300
 IMAGE, PATCH = 112, 14
@@ -204,3 +206,21 @@ def write_base_models(root: Path, tied: bool = True, moe: bool = False) -> tuple
     llm.load_state_dict(qwen3_state(12, tied), strict=not tied)
     llm.save_pretrained(root / "qwen3")
     return root / "aimv2", root / "qwen3"
+
+
+def edit_common(iter_dir: Path, edit) -> None:
+    """Apply ``edit(common)`` to a checkpoint's common (non-tensor) state. megatron-core
+    >= 0.19 keeps it inside the .distcp files; there it is written back in the older layout
+    (common.pt, named in metadata.json), which every supported release reads first."""
+    from megatron_sail.convert.dcp_reader import DistCheckpointReader
+
+    path = iter_dir / "common.pt"
+    if path.exists():
+        common = torch.load(path, weights_only=True)
+    else:
+        common = torch.load(DistCheckpointReader(iter_dir)._embedded_common_bytes(),
+                            weights_only=True)[0]
+        meta = iter_dir / "metadata.json"
+        meta.write_text(json.dumps({**json.loads(meta.read_text()), "common_backend": "torch"}))
+    edit(common)
+    torch.save(common, path)

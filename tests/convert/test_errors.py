@@ -17,7 +17,7 @@ import torch
 
 from megatron_sail.convert import cli, forward_cli
 from megatron_sail.convert.forward import write_inputs
-from tests.convert.fixtures import save_sharded
+from tests.convert.fixtures import edit_common, save_sharded
 from tests.convert.test_roundtrip import load_dir
 from tests.helpers import REPO
 
@@ -157,10 +157,8 @@ def test_export_verify_forward_errors(capsys, release, imported, tmp_path):
     # a checkpoint whose stored config no longer matches its tensors
     ckpt = tmp_path / "ckpt"
     shutil.copytree(imported("fp32"), ckpt)
-    common_path = ckpt / "iter_0000000" / "common.pt"
-    common = torch.load(common_path, weights_only=True)
-    common["sail"]["config"]["model"]["llm"]["ffn_hidden_size"] = 192
-    torch.save(common, common_path)
+    edit_common(ckpt / "iter_0000000",
+                lambda common: common["sail"]["config"]["model"]["llm"].update(ffn_hidden_size=192))
     code = cli.main(["export-hf", "--ckpt", str(ckpt), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 2 and "shape mismatches" in err

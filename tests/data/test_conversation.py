@@ -1,6 +1,5 @@
 """Chat template, placeholder expansion, loss masks, the HF tokenizer and the sample encoder."""
 
-import os
 
 import pytest
 import torch
@@ -20,15 +19,16 @@ from megatron_sail.data.sample_encoder import (
 from megatron_sail.data.synthetic import make_sample
 from megatron_sail.data.tokenizer import SentencePieceTokenizer
 from tests.data.media_fixtures import chat, image_bytes, truncated_jpeg, video_bytes
+from tests.helpers import RELEASE_FIXTURE, require_shared
 
-RELEASE = "/work/shared/fixtures/sailvl2-2b-release"
+RELEASE = RELEASE_FIXTURE
 # The release's template as the brief and the Qwen3 base define it. (The release's
 # tokenizer_config.json ships a Kimi-VL template whose <|im_system|>/<|im_middle|> markers are
 # not in its vocabulary, so it cannot be the template the model was trained with.)
 CHATML = ("{%- for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + "
           "message['content'] + '<|im_end|>' + '\\n' }}{%- endfor %}")
 
-pytestmark = pytest.mark.skipif(not os.path.isdir(RELEASE), reason="release tokenizer fixture missing")
+pytestmark = require_shared(RELEASE)
 
 
 @pytest.fixture(scope="module")

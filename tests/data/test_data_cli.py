@@ -3,7 +3,6 @@
 import argparse
 import io
 import json
-import os
 import re
 import shutil
 import tarfile
@@ -16,14 +15,15 @@ from megatron_sail.data.data_cli import parse_size
 from megatron_sail.data.shards import ShardReader
 from tests.data.dataset_fixtures import replace_member
 from tests.data.media_fixtures import chat, image_bytes, truncated_jpeg, video_bytes, write, write_jsonl
+from tests.helpers import RELEASE_FIXTURE, require_shared
 
-RELEASE = "/work/shared/fixtures/sailvl2-2b-release"
+RELEASE = RELEASE_FIXTURE
 SETTINGS = ["--tokenizer", RELEASE, "--seq-length", "1024", "--num-frames", "2", "--max-tiles", "4",
             "--workers", "1"]
 GOOD_LINES = [1, 2, 3, 4]
 PLANTED = {5: "media_missing", 6: "media_corrupt", 7: "video_undecodable", 8: "malformed_record", 10: "too_long"}
 
-pytestmark = pytest.mark.skipif(not os.path.isdir(RELEASE), reason="release tokenizer fixture missing")
+pytestmark = require_shared(RELEASE)
 
 
 @pytest.fixture(scope="module")

@@ -147,3 +147,25 @@ def test_incompatible_checkpoint_is_named(sail, straight, tmp_path):
                       nproc=1, expect_ok=False)
     assert proc.returncode == 2
     assert "iter_0000020" in proc.stderr and "model.llm.ffn_hidden_size" in proc.stderr
+
+
+def test_checkpoint_format_of_another_megatron_release(sail, straight, tmp_path):
+    """megatron-core >= 0.19 writes no common.pt (the common state is inside the .distcp
+    files). An older release cannot read that: one clear error naming both, not Megatron's
+    traceback. (On >= 0.19 a checkpoint without common.pt is simply the format.)"""
+    from packaging.version import Version
+
+    from megatron_sail.compat.versions import installed_megatron_core
+
+    run = _copy_run(straight, tmp_path / "run")
+    common = run / "checkpoints" / "iter_0000020" / "common.pt"
+    if Version(installed_megatron_core()) >= Version("0.19"):
+        assert not common.exists()
+        sail.train(run, *STRAIGHT, "train.train_iters=21", nproc=1)
+        return
+    common.unlink()  # what an older Megatron sees of a checkpoint written by 0.19
+    proc = sail.train(run, *STRAIGHT, "train.train_iters=21", nproc=1, expect_ok=False)
+    assert proc.returncode == 2
+    assert "written by megatron-core >= 0.19" in proc.stderr
+    assert f"megatron-core {installed_megatron_core()} cannot read it" in proc.stderr
+    assert "Traceback" not in proc.stderr

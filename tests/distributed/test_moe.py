@@ -10,24 +10,70 @@ import pytest
 from tests.helpers import REPO, assert_close_losses
 
 MOE = os.path.join(REPO, "examples", "tiny", "pretrain-moe.yaml")
-SHORT = ["train.train_iters=2", "train.eval_interval=null", "checkpoint.save_interval=null"]
+# Three iterations: the second and third run after optimizer steps, so they check the expert
+# gradients' reduction over EP/TP (and the distributed optimizer's update of sharded experts),
+# not only the forward pass.
+SHORT = ["train.train_iters=3", "train.eval_interval=null", "checkpoint.save_interval=null"]
 
 
 @pytest.fixture(scope="module")
 def ep1(sail, tmp_path_factory):
-    out = tmp_path_factory.mktemp("moe_ep1")
-    sail.train(out, *SHORT, nproc=1, config=MOE)
-    return sail.losses(out)
+    """EP=1 reference runs, with and without the auxiliary loss."""
+    runs = {}
+    for aux in ("1.0e-3", "0"):
+        out = tmp_path_factory.mktemp("moe_ep1")
+        sail.train(out, *SHORT, f"model.moe.aux_loss_coeff={aux}", nproc=1, config=MOE)
+        runs[aux] = {r["iteration"]: r for r in sail.metrics(out)}
+    return runs
+
+
+def _megatron_before(release: str) -> bool:
+    from packaging.version import Version
+
+    from megatron_sail.compat.versions import installed_megatron_core
+
+    return Version(installed_megatron_core()) < Version(release)
+
+
+# Gradient norms of two layouts agree to the rounding of the gradients' token sums: each
+# element sums over the 8 x 64 tokens of a global batch, relative error <= eps32 * sqrt(512)
+# ~= 2.7e-6, and the norm over all elements is within that (dense TP/PP/DP: 2e-7 measured).
+GRAD_NORM_REL = 1e-5
+
+# Known differences the comparison finds (measured on megatron-core 0.16.1 and 0.19.2):
+# - EP=2 (DP=2 for the dense part) with the global-batch auxiliary loss: iteration 1's loss is
+#   bit-identical to EP=1 but the gradient norm is 9.2e-5 relative off; with
+#   model.moe.aux_loss_coeff=0 it agrees to 7.5e-8, so the balancing loss's gradient is scaled
+#   differently under data parallelism.
+# - megatron-core 0.16.1 and 0.18.2, TP=2 + SP with whole experts: gradient norm 4.7e-5
+#   relative off, iteration 2's loss 2.3e-4 (0.19.2: 4e-8).
+_EP_AUX_GRADS = pytest.mark.xfail(
+    strict=True, reason="global-batch aux-loss gradient under DP=2 differs from DP=1 (9.2e-5)")
+_TP_SP_EXPERT_GRADS = pytest.mark.xfail(
+    _megatron_before("0.19"), strict=True,
+    reason="megatron-core < 0.19: gradients under TP+SP with experts differ from EP=1 (4.7e-5)")
 
 
 @pytest.mark.parametrize("layout", [
-    ["parallel.expert_model_parallel_size=2"],
-    ["parallel.expert_model_parallel_size=2", "model.moe.token_dispatcher=allgather"],
-    ["parallel.tensor_model_parallel_size=2"],  # sequence parallelism on, experts whole
-], ids=["ep2_alltoall", "ep2_allgather", "tp2_sp"])
-def test_first_iteration_matches_ep1(sail, ep1, tmp_path, layout):
-    sail.train(tmp_path, *SHORT, *layout, nproc=2, config=MOE)
-    assert_close_losses(sail.losses(tmp_path), ep1, [1])
+    pytest.param(["parallel.expert_model_parallel_size=2"], marks=_EP_AUX_GRADS),
+    pytest.param(["parallel.expert_model_parallel_size=2", "model.moe.token_dispatcher=allgather"],
+                 marks=_EP_AUX_GRADS),
+    pytest.param(["parallel.tensor_model_parallel_size=2"],  # sequence parallelism on, experts whole
+                 marks=_TP_SP_EXPERT_GRADS),
+    ["parallel.expert_model_parallel_size=2", "model.moe.aux_loss_coeff=0"],
+    ["parallel.expert_model_parallel_size=2", "model.moe.token_dispatcher=allgather",
+     "model.moe.aux_loss_coeff=0"],
+], ids=["ep2_alltoall", "ep2_allgather", "tp2_sp", "ep2_alltoall_no_aux", "ep2_allgather_no_aux"])
+def test_first_iterations_match_ep1(sail, ep1, tmp_path, layout):
+    aux = "0" if "model.moe.aux_loss_coeff=0" in layout else "1.0e-3"
+    ref = ep1[aux]
+    sail.train(tmp_path, *SHORT, f"model.moe.aux_loss_coeff={aux}", *layout, nproc=2, config=MOE)
+    records = sail.metrics(tmp_path)
+    assert [r["iteration"] for r in records] == [1, 2, 3]
+    assert_close_losses({r["iteration"]: r["loss"] for r in records},
+                        {i: r["loss"] for i, r in ref.items()}, [1, 2, 3])
+    for r in records:  # the same gradients: their norm (which clipping acts on) agrees
+        assert r["grad_norm"] == pytest.approx(ref[r["iteration"]]["grad_norm"], rel=GRAD_NORM_REL)
 
 
 def test_global_batch_aux_loss_equals_concatenated_tokens(sail, tmp_path):

@@ -80,12 +80,16 @@ def tiny_sweep(tmp_path_factory):
     return spec, root / "runs"
 
 
+@pytest.mark.slow
+@pytest.mark.megatron  # real tiny training runs
 def test_sweep_skips_finished_elements(tiny_sweep, capsys):
     spec, _ = tiny_sweep
     assert cli.main(["scaling", "sweep", str(spec)]) == 0
     assert "4 elements, 4 already finished" in capsys.readouterr().out
 
 
+@pytest.mark.slow
+@pytest.mark.megatron  # real tiny training runs
 def test_fit_and_plot_real_tiny_runs(tiny_sweep, capsys):
     _, runs = tiny_sweep
     out = runs / "fit"

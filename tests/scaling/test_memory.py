@@ -62,10 +62,14 @@ def _compare(cases: dict, nproc: int, tokenizer_override: str) -> list[str]:
     return report
 
 
+@pytest.mark.slow
+@pytest.mark.megatron  # measured in real training processes
 def test_estimates_within_20_percent_of_single_rank_runs(tokenizer_override):
     print("\n".join(_compare(SINGLE_RANK, 1, tokenizer_override)))
 
 
+@pytest.mark.slow
+@pytest.mark.megatron  # measured in real training processes
 def test_estimates_within_20_percent_with_tp_and_pp(tokenizer_override):
     print("\n".join(_compare(TWO_RANKS, 2, tokenizer_override)))
 

@@ -5,6 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.megatron
+
 CHECK = """
 import sys
 from megatron_sail.distributed.cpu_compat import import_megatron

@@ -8,7 +8,8 @@ import os
 import pytest
 
 from megatron_sail.checkpointing import layout_files
-from megatron_sail.checkpointing.layout_files import SyncBehind, fsync_deferred, sync_tree
+from megatron_sail.checkpointing.layout_files import SyncBehind, sync_tree
+from megatron_sail.compat.deferred_fsync import fsync_deferred
 
 
 def test_syncs_skipped_inside_the_block_and_restored_after(tmp_path, monkeypatch):

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch.utils.data import get_worker_info
+
+from megatron_sail.compat.shared_memory import empty_shared
 
 
 def pixel_buffer(shape: tuple[int, ...]) -> torch.Tensor:
@@ -17,10 +17,5 @@ def pixel_buffer(shape: tuple[int, ...]) -> torch.Tensor:
     buffer are a measurable part of per-sample cost). Elsewhere it is ordinary memory.
     """
     if get_worker_info() is not None:
-        proto = torch.empty(0, dtype=torch.uint8)
-        try:
-            storage = proto._typed_storage()._new_shared(math.prod(shape), device=proto.device)
-            return proto.new(storage).view(shape)
-        except (AttributeError, RuntimeError):  # private torch API moved: fall back to a plain tensor
-            pass
+        return empty_shared(shape, torch.uint8)
     return torch.empty(shape, dtype=torch.uint8)

@@ -1,0 +1,76 @@
+"""The MoE router as routing metrics see it, and the router's GEMM helper without
+Transformer Engine.
+
+- ``te_general_gemm``: megatron-core 0.16.1 without TE leaves this name undefined in
+  ``transformer.moe.moe_utils`` (reached by the fp32 router); 0.17+ define it as None. Only
+  defined here where absent (feature detection), so the patch disappears on fixed releases.
+- Router forward hooks: ``TopKRouter.forward`` returns ``(probs, routing_map)`` in
+  0.16.1-0.19.x; ``routing_map`` checks that shape on every call instead of assuming it.
+- Balancing-loss tracker: 0.16 deprecated ``get_moe_layer_wise_logging_tracker`` /
+  ``clear_aux_losses_tracker`` (removal announced for 0.18, still present in 0.19) for
+  ``moe_logging.get_moe_metrics_tracker()``; the new API is used wherever it exists.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def check() -> None:
+    from megatron.core.transformer.moe.router import TopKRouter
+
+    if not callable(getattr(TopKRouter, "forward", None)):
+        raise RuntimeError("megatron.core.transformer.moe.router.TopKRouter.forward is gone")
+    if _metrics_tracker() is None:
+        from megatron.core.transformer.moe import moe_utils
+
+        for name in ("get_moe_layer_wise_logging_tracker", "clear_aux_losses_tracker"):
+            if not hasattr(moe_utils, name):
+                raise RuntimeError(f"neither moe_logging.get_moe_metrics_tracker nor "
+                                   f"moe_utils.{name} exists")
+
+
+def define_missing_te_gemm() -> None:
+    from megatron.core.transformer.moe import moe_utils
+
+    if not hasattr(moe_utils, "te_general_gemm"):
+        moe_utils.te_general_gemm = None
+
+
+def routing_map(hook_outputs) -> torch.Tensor:
+    """The [tokens, experts] boolean routing map from a ``TopKRouter`` forward hook's
+    outputs."""
+    if (not isinstance(hook_outputs, tuple) or len(hook_outputs) != 2
+            or not isinstance(hook_outputs[1], torch.Tensor) or hook_outputs[1].dtype != torch.bool):
+        kinds = [type(o).__name__ for o in hook_outputs] if isinstance(hook_outputs, tuple) \
+            else type(hook_outputs).__name__
+        raise RuntimeError(f"TopKRouter.forward returned {kinds}, not (probs, routing_map)")
+    return hook_outputs[1]
+
+
+def _metrics_tracker():
+    try:
+        from megatron.core.transformer.moe.moe_logging import get_moe_metrics_tracker
+    except ImportError:
+        return None
+    return get_moe_metrics_tracker()
+
+
+def layer_metrics() -> dict[str, torch.Tensor]:
+    """Megatron's tracked per-layer balancing losses since the last clear: name -> values."""
+    tracker = _metrics_tracker()
+    if tracker is not None:
+        return {name: entry.values for name, entry in tracker.metrics.items()}
+    from megatron.core.transformer.moe.moe_utils import get_moe_layer_wise_logging_tracker
+
+    return {name: entry["values"] for name, entry in get_moe_layer_wise_logging_tracker().items()}
+
+
+def clear_layer_metrics() -> None:
+    tracker = _metrics_tracker()
+    if tracker is not None:
+        tracker.clear()
+        return
+    from megatron.core.transformer.moe.moe_utils import clear_aux_losses_tracker
+
+    clear_aux_losses_tracker()
