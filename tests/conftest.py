@@ -20,7 +20,7 @@ check_stack()  # a stack megatron_sail does not support fails here, once, with t
 # ``slow`` - starts rank processes (training, conversion, SLURM jobs): ``-m "not slow"`` is the
 # quick developer run.
 _MEGATRON_AREAS = ("distributed", "convert", "compat", "test_reference_parity.py")
-_SLOW_AREAS = ("distributed", "slurm")
+_SLOW_AREAS = ("distributed", "slurm", "recipe")
 _MEGATRON_FIXTURES = {"megatron_single_rank", "sail", "imported"}
 _SLOW_FIXTURES = {"sail", "imported"}
 

@@ -158,7 +158,7 @@ def save_training_state(directory: Path, chunks, optimizer) -> None:
     state = model_sharded_state_dict(chunks)
     if _has_params(optimizer):
         state["optimizer"] = optimizer.sharded_state_dict(state, metadata=_metadata())
-    _local_write_results()
+    local_write_results()
     dist_checkpointing.save(state, str(directory))
     torch.distributed.barrier()
 
