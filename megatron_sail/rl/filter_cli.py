@@ -68,15 +68,17 @@ def reference_of(obj: dict) -> str | None:
                 and str(value).strip():
             return str(value)
     conv = obj.get("conversations")
-    if isinstance(conv, list) and conv and isinstance(conv[-1], dict) \
-            and conv[-1].get("from") in ("gpt", "assistant") and isinstance(conv[-1].get("value"), str):
-        return last_boxed(conv[-1]["value"])
+    last = conv[-1] if isinstance(conv, list) and conv else None
+    if isinstance(last, dict) and last.get("from") in ("gpt", "assistant") \
+            and isinstance(last.get("value"), str):
+        return last_boxed(last["value"])
     return None
 
 
 def question_of(obj: dict) -> str:
     """The last user turn's text (for rewards that read the question)."""
-    turns = [t for t in obj["conversations"] if isinstance(t, dict) and t.get("from") in ("human", "user")]
+    turns = [t for t in obj["conversations"]
+             if isinstance(t, dict) and t.get("from") in ("human", "user")]
     return str(turns[-1].get("value", "")) if turns else ""
 
 
@@ -119,8 +121,8 @@ def _filter(ns) -> int:
 
     def has_reference(obj: dict, line: int) -> None:
         if reference_of(obj) is None:
-            raise RecordError(ns.input, line, "no reference answer (a \"reference\" or "
-                                              "\"answer\" field, or a \\boxed{} in the last gpt turn)")
+            raise RecordError(ns.input, line, "no reference answer (a \"reference\" or \"answer\" "
+                                              "field, or a \\boxed{} in the last gpt turn)")
 
     batch = read_prompt_file(ns.input, chat_encoder(cfg, tokenizer), ns.thinking, "rl filter",
                              accept=has_reference)

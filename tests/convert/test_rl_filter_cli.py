@@ -9,15 +9,9 @@ import json
 import pytest
 
 from megatron_sail import cli
-from megatron_sail.data.tokenizer import train_synthetic_tokenizer
 from megatron_sail.rl.filter import split_by_pass_rate
 from megatron_sail.rl.filter_cli import correctness, reference_of, with_counts
-
-
-@pytest.fixture(scope="module")
-def spm(tmp_path_factory):
-    """A 256-token sentencepiece model: its ids fit the tiny release's 300-token vocabulary."""
-    return train_synthetic_tokenizer(str(tmp_path_factory.mktemp("tok") / "tokenizer.model"))
+from tests.convert.test_generate_cli import image_file, spm  # noqa: F401  (spm: a fixture)
 
 
 RECORDS = [
@@ -25,11 +19,14 @@ RECORDS = [
     {"id": "b", "conversations": [{"from": "human", "value": "count them"},
                                   {"from": "gpt", "value": "there are \\boxed{2}"}]},
     {"id": "c", "answer": 3, "conversations": [{"from": "human", "value": "and now?"}]},
+    {"id": "d", "image": "red.png", "reference": "1",      # its tiles go with each rollout
+     "conversations": [{"from": "human", "value": "<image>\nhow many squares?"}]},
 ]
 
 
 def test_filter_on_tiny_checkpoint(imported, spm, tmp_path, capfd):
     ckpt = imported("fp32")
+    image_file(tmp_path / "red.png")
     # What makes the outcome certain: no token of this vocabulary decodes to a backslash, so
     # no rollout can hold a \boxed{} answer and every rollout earns 0 - all pass rates are 0.
     assert not any("\\" in spm.decode([i]) for i in range(spm.vocab_size))
@@ -44,9 +41,9 @@ def test_filter_on_tiny_checkpoint(imported, spm, tmp_path, capfd):
                      str(spm.img_context_id)])
     captured = capfd.readouterr()
     assert code == 0, captured.err
-    assert "records/s" in captured.err and "generated 3/3 records" in captured.err
+    assert "records/s" in captured.err and "generated 4/4 records" in captured.err
     assert "no reference answer" in captured.err and "1 records skipped" in captured.out
-    assert "kept 3 of 3 records" in captured.out and "6 rollouts" in captured.out
+    assert "kept 4 of 4 records" in captured.out and "8 rollouts" in captured.out
     kept = [json.loads(line) for line in (out / "kept.jsonl").read_text().splitlines()]
     assert (out / "dropped.jsonl").read_text() == ""
     assert kept == [{**r, "passes": 0, "k": 2, "pass_rate": 0.0} for r in RECORDS]
@@ -56,14 +53,14 @@ def test_filter_on_tiny_checkpoint(imported, spm, tmp_path, capfd):
                      "--k", "2", "--batch-size", "2", "--max-new-tokens", "4", "--seed", "5",
                      "--tokenizer", spm.model_path, "--img-context-token-id",
                      str(spm.img_context_id), "--drop-unsolved"]) == 0
-    assert "3 by none" in capfd.readouterr().out
+    assert "4 by none" in capfd.readouterr().out
     assert (out / "kept.jsonl").read_text() == ""
     dropped = [json.loads(line) for line in (out / "dropped.jsonl").read_text().splitlines()]
-    assert [r["id"] for r in dropped] == ["a", "b", "c"]
+    assert [r["id"] for r in dropped] == ["a", "b", "c", "d"]
 
 
 def test_reference_and_scoring_of_planted_rollouts():
-    assert [reference_of(r) for r in RECORDS] == ["7", "2", "3"]
+    assert [reference_of(r) for r in RECORDS] == ["7", "2", "3", "1"]
     assert reference_of({"conversations": [{"from": "human", "value": "q"}]}) is None
     assert reference_of({"answer": True, "conversations": []}) is None   # not an answer
     references = ["3", "1/2", "x"]
