@@ -14,6 +14,7 @@ sail convert import-hf | export-hf | init-from | verify ...  (sail convert --hel
 sail forward --ckpt DIR --inputs IN.safetensors --out OUT.safetensors [--tp N] [--pp N]
 sail generate --ckpt DIR --prompt TEXT [--image PATH ...] [--video PATH] | --input IN.jsonl --output OUT.jsonl |
               --inputs IN.safetensors --out OUT.safetensors  [--max-new-tokens N] [--temperature T] ...
+sail rl filter --ckpt DIR --input DATA.jsonl --out DIR [--k 4] [--drop-unsolved] ...  (pass@k filtering)
 sail slurm submit CONFIG.yaml [key=value ...] --nodes N --gpus-per-node G [options] [--dry-run]
 sail slurm sweep SWEEP.yaml --nodes N --gpus-per-node G [options] [--dry-run]
 sail slurm status RUN_DIR
@@ -133,6 +134,7 @@ COMMANDS = {
     "convert": _delegate("megatron_sail.convert.cli"),
     "forward": _delegate("megatron_sail.convert.forward_cli"),
     "generate": _delegate("megatron_sail.generation.cli"),
+    "rl": _delegate("megatron_sail.rl.cli"),
     "slurm": _delegate("megatron_sail.launch.cli"),
     "flops": _delegate("megatron_sail.scaling.flops_cli"),
     "plan": _delegate("megatron_sail.scaling.plan_cli"),
@@ -154,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE, file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     command = argv[0]
-    if len(argv) > 1 and command in ("convert", "slurm", "scaling", "data") \
+    if len(argv) > 1 and command in ("convert", "slurm", "scaling", "data", "rl") \
             and not argv[1].startswith("-"):
         command = f"{command} {argv[1]}"
     from megatron_sail.compat.versions import check_megatron_core_version

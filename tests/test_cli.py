@@ -60,7 +60,8 @@ def test_usage(capsys):
 @pytest.mark.parametrize("command", [
     "train", "plot", "convert", "convert import-hf", "convert export-hf", "convert init-from",
     "convert verify", "forward", "slurm", "slurm submit", "slurm sweep", "slurm status", "flops",
-    "plan", "scaling", "scaling sweep", "scaling fit", "data", "data check", "data prepare"])
+    "plan", "scaling", "scaling sweep", "scaling fit", "data", "data check", "data prepare",
+    "rl", "rl filter"])
 def test_every_command_answers_help(capsys, command):
     try:
         code = cli.main([*command.split(), "--help"])

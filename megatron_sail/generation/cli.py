@@ -7,7 +7,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Optional
 
 from megatron_sail.errors import UserError
 
@@ -68,7 +70,8 @@ def _options(ns, eos: tuple[int, ...], tokenizer=None):
                            vocab_limit=None if tokenizer is None else tokenizer.vocab_size)
 
 
-def _encoder(cfg, tokenizer):
+def chat_encoder(cfg, tokenizer):
+    """The training pipeline's sample encoder, set up to build generation prompts."""
     from megatron_sail.data.build import sample_encoder
 
     encoder = sample_encoder(cfg, tokenizer)
@@ -109,7 +112,8 @@ def _raw(ns) -> int:
     return 0
 
 
-def _tokenizer_and_config(ns):
+def tokenizer_and_config(ns):
+    """(config, tokenizer, end token ids) for ``ns.ckpt``/``ns.tokenizer``/``ns.eos_token_id``."""
     from megatron_sail.generation.loading import find_tokenizer
     from megatron_sail.generation.runner import open_model
 
@@ -130,14 +134,14 @@ def _prompt(ns) -> int:
     for flag, path in [("--image", i) for i in ns.image] + [("--video", ns.video)] * bool(ns.video):
         if not os.path.isfile(path):
             raise GenerateError(f"{flag} {path}: no such file")
-    cfg, tokenizer, eos = _tokenizer_and_config(ns)
+    cfg, tokenizer, eos = tokenizer_and_config(ns)
     obj = {"conversations": [{"from": "human", "value": ns.prompt}]}
     if ns.image:
         obj["image"] = [os.path.abspath(i) for i in ns.image]
     if ns.video:
         obj["video"] = os.path.abspath(ns.video)
     try:
-        prompt = encode_prompt(_encoder(cfg, tokenizer),
+        prompt = encode_prompt(chat_encoder(cfg, tokenizer),
                                prompt_record(obj, "--prompt", None, None, ns.thinking))
     except SampleError as exc:
         raise GenerateError(str(exc)) from None
@@ -149,44 +153,65 @@ def _prompt(ns) -> int:
     return 0
 
 
-def _jsonl(ns) -> int:
+@dataclass
+class PromptFile:
+    """The usable records of a JSONL file and their prompts (the model's input ids, and the
+    pixel values of all their tiles in record order)."""
+    records: list[dict]
+    prompts: list[list[int]]
+    pixel_values: Optional["torch.Tensor"]
+    skipped: int
+
+
+def read_prompt_file(path: str, encoder, thinking: bool, command: str,
+                     accept: Optional[Callable[[dict, int], None]] = None) -> PromptFile:
+    """Training-format records -> prompts up to the assistant header. A record that does not
+    parse, encode or pass ``accept(obj, line)`` (which raises ``RecordError`` to refuse it)
+    is skipped with a ``sail <command>: skipped`` line and counted; none usable is an error."""
     import torch
 
-    from megatron_sail.checkpointing.layout_files import write_atomic
     from megatron_sail.data.records import RecordError, media_base
     from megatron_sail.generation.prompts import SampleError, encode_prompt, prompt_record
-    from megatron_sail.generation.runner import run_generation
 
-    if not ns.output:
-        raise GenerateError("--input needs --output answers.jsonl")
-    cfg, tokenizer, eos = _tokenizer_and_config(ns)
-    encoder = _encoder(cfg, tokenizer)
-    base = media_base(ns.input)
+    base = media_base(path)
     try:
-        lines = Path(ns.input).read_text(encoding="utf-8").splitlines()
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise GenerateError(f"{ns.input}: cannot read ({exc})") from None
+        raise GenerateError(f"{path}: cannot read ({exc})") from None
     objs, prompts, pixels, skipped = [], [], [], 0
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
-            prompt = encode_prompt(encoder, prompt_record(obj, ns.input, number, base, ns.thinking))
+            prompt = encode_prompt(encoder, prompt_record(obj, path, number, base, thinking))
+            if accept is not None:
+                accept(obj, number)
         except (json.JSONDecodeError, RecordError, SampleError) as exc:
             skipped += 1
-            print(f"sail generate: skipped {ns.input}:{number}: {exc}", file=sys.stderr)
+            print(f"sail {command}: skipped {path}:{number}: {exc}", file=sys.stderr)
             continue
         objs.append(obj)
         prompts.append(prompt.ids)
         if prompt.pixel_values is not None:
             pixels.append(prompt.pixel_values)
     if not prompts:
-        raise GenerateError(f"{ns.input}: no usable record ({skipped} skipped)")
-    result = run_generation(ns.ckpt, prompts, torch.cat(pixels) if pixels else None,
+        raise GenerateError(f"{path}: no usable record ({skipped} skipped)")
+    return PromptFile(objs, prompts, torch.cat(pixels) if pixels else None, skipped)
+
+
+def _jsonl(ns) -> int:
+    from megatron_sail.checkpointing.layout_files import write_atomic
+    from megatron_sail.generation.runner import run_generation
+
+    if not ns.output:
+        raise GenerateError("--input needs --output answers.jsonl")
+    cfg, tokenizer, eos = tokenizer_and_config(ns)
+    batch = read_prompt_file(ns.input, chat_encoder(cfg, tokenizer), ns.thinking, "generate")
+    result = run_generation(ns.ckpt, batch.prompts, batch.pixel_values,
                             _options(ns, eos, tokenizer))
     out = []
-    for obj, new in zip(objs, result.generated):
+    for obj, new in zip(batch.records, result.generated):
         answer = tokenizer.decode(new[:-1] if new and new[-1] in eos else new)
         conv = list(obj["conversations"])
         if conv and conv[-1].get("from") in ("gpt", "assistant"):
@@ -195,7 +220,7 @@ def _jsonl(ns) -> int:
                               ensure_ascii=False))
     Path(ns.output).parent.mkdir(parents=True, exist_ok=True)
     write_atomic(Path(ns.output), "".join(line + "\n" for line in out))
-    print(f"wrote {len(out)} answers to {ns.output} ({skipped} records skipped; "
+    print(f"wrote {len(out)} answers to {ns.output} ({batch.skipped} records skipped; "
           f"{result.tokens} tokens, {result.tokens / max(result.seconds, 1e-9):.1f} tokens/s)")
     return 0
 

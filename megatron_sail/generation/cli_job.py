@@ -7,7 +7,7 @@ import sys
 import time
 
 
-def _tiles_per_prompt(prompts, pixels, img_id: int, patch: int) -> list[int]:
+def tiles_per_prompt(prompts, pixels, img_id: int, patch: int) -> list[int]:
     if pixels is None:
         return [0] * len(prompts)
     per_tile = (pixels.shape[2] // (2 * patch)) * (pixels.shape[3] // (2 * patch))
@@ -23,7 +23,7 @@ def run_job(spec: dict, cfg, layout, chunks) -> dict:
     prompts = spec["prompts"]
     pixels = load_file(spec["pixels"])["pixel_values"] if spec.get("pixels") else None
     img_id = cfg.model.img_context_token_id
-    tiles = _tiles_per_prompt(prompts, pixels, img_id, cfg.model.vision.patch_size)
+    tiles = tiles_per_prompt(prompts, pixels, img_id, cfg.model.vision.patch_size)
     batch, writer = spec["batch_size"], is_logits_writer()
     vocab = min(cfg.model.llm.vocab_size, spec.get("vocab_limit") or cfg.model.llm.vocab_size)
     out: list[list[int]] = []
@@ -42,7 +42,11 @@ def run_job(spec: dict, cfg, layout, chunks) -> dict:
         if writer and spec.get("progress"):
             seconds = time.perf_counter() - start
             tokens = sum(len(g) for g in out)
-            print(f"generated {len(out)}/{len(prompts)} prompts, {tokens} tokens, "
-                  f"{tokens / max(seconds, 1e-9):.1f} tokens/s", file=sys.stderr, flush=True)
+            group = spec.get("group", 1)   # rollouts per record: progress counts records
+            unit = "records" if group > 1 else "prompts"
+            done = len(out) // group
+            print(f"generated {done}/{len(prompts) // group} {unit}, {tokens} tokens, "
+                  f"{tokens / max(seconds, 1e-9):.1f} tokens/s, "
+                  f"{done / max(seconds, 1e-9):.2f} {unit}/s", file=sys.stderr, flush=True)
     seconds = time.perf_counter() - start
     return {"generated": out, "seconds": seconds} if writer else {}

@@ -79,7 +79,12 @@ def generate(model_chunks: list, layout, prompts: Sequence[Sequence[int]], *,
         picked = None
         if picker and logits is not None:
             last = torch.tensor([len(r) - 1 for r in rows])
-            picked = next_tokens(logits[torch.arange(len(rows)), last], params, generator)
+            scores = logits[torch.arange(len(rows)), last]
+            if 0 <= img_context_token_id < scores.shape[-1]:
+                # An image placeholder is never an answer, and fed back it would ask for tiles
+                # that do not exist (sampling an untrained model at temperature 1 picks it).
+                scores[:, img_context_token_id] = float("-inf")
+            picked = next_tokens(scores, params, generator)
         tokens = _share(picked, len(rows)).tolist()
         step: list[Optional[int]] = []
         for i, t in enumerate(tokens):

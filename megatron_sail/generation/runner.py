@@ -35,6 +35,7 @@ class GenerateOptions:
     vocab_limit: Optional[int] = None  # the tokenizer's vocabulary, when smaller than the model's
     batch_size: int = 8  # prompts generated together (a sampled batch's seed is seed + first row)
     progress: bool = False
+    group: int = 1  # consecutive prompts that are one record's rollouts (progress in records)
 
 
 @dataclass
@@ -93,7 +94,8 @@ def run_generation(ckpt: str | Path, prompts: list[list[int]],
                 "pixels": pixels, "max_new_tokens": opts.max_new_tokens,
                 "temperature": opts.temperature, "top_p": opts.top_p, "top_k": opts.top_k,
                 "seed": opts.seed, "eos_token_ids": list(opts.eos_token_ids), "pad_id": pad,
-                "batch_size": opts.batch_size, "vocab_limit": opts.vocab_limit, "progress": opts.progress}
+                "batch_size": opts.batch_size, "vocab_limit": opts.vocab_limit, "progress": opts.progress,
+                "group": opts.group}
         results = run_ranks("generate", spec, opts.tp * opts.pp)
     picked = next(r for r in results if "generated" in r)
     return Generation(picked["generated"], picked["seconds"])

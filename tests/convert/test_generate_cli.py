@@ -100,7 +100,7 @@ def test_prompt_and_jsonl_forms(imported, spm, tmp_path, capfd):
 
 
 def test_video_prompt(imported, spm, tmp_path, capfd):
-    from megatron_sail.generation.cli import _encoder
+    from megatron_sail.generation.cli import chat_encoder
     from megatron_sail.generation.prompts import encode_prompt, prompt_record
     from megatron_sail.generation.runner import open_model
     from tests.data.media_fixtures import video_bytes
@@ -109,7 +109,7 @@ def test_video_prompt(imported, spm, tmp_path, capfd):
     clip = tmp_path / "clip.mp4"
     clip.write_bytes(video_bytes(frames=6))
     _, cfg = open_model(ckpt)
-    encoder = _encoder(cfg, spm)
+    encoder = chat_encoder(cfg, spm)
     prompt = encode_prompt(encoder, prompt_record(
         {"video": str(clip), "conversations": [{"from": "human", "value": "what happens?"}]},
         "t", None, None, thinking=False))

@@ -93,13 +93,13 @@ def test_sail_generate_prompt_is_the_rule(hf, reference, thinking):
     """What ``sail generate --prompt`` encodes for a SAIL-VL2 checkpoint (its encoder and record
     path), with and without --thinking (the release's cot prompt appended to the question)."""
     from megatron_sail.data.records import THINKING_PROMPT
-    from megatron_sail.generation.cli import _encoder
+    from megatron_sail.generation.cli import chat_encoder
     from megatron_sail.generation.prompts import encode_prompt, prompt_record
 
     cfg = load_config(None, ["model.preset=sailvl2-2b"])
     record = prompt_record({"conversations": [{"from": "human", "value": "What is 2+2?"}]},
                            "--prompt", None, None, thinking)
-    prompt = encode_prompt(_encoder(cfg, hf), record)
+    prompt = encode_prompt(chat_encoder(cfg, hf), record)
     question = "What is 2+2?" + (THINKING_PROMPT if thinking else "")
     text = rule([("user", question)], prompt=True)
     assert prompt.ids == reference.encode(text, add_special_tokens=False)

@@ -56,3 +56,26 @@ def test_seeded_draws_repeat():
 def test_bad_parameters(kw):
     with pytest.raises(ValueError):
         SamplingParams(**kw)
+
+
+def test_generate_never_picks_the_image_placeholder(monkeypatch):
+    """Logits that favour <IMG_CONTEXT> above all: generate() picks the next best token, greedy
+    and sampled (fed back, the placeholder would need tiles that do not exist)."""
+    from megatron_sail.convert import megatron_side
+    from megatron_sail.generation.generate import generate
+
+    img, best = 3, 1
+
+    def fake_logits(chunks, layout, ids, pixel_values, vocab_size, pad_id):
+        logits = torch.full((ids.shape[0], ids.shape[1], vocab_size), -5.0)
+        logits[..., img], logits[..., best] = 10.0, 4.0
+        return logits
+
+    monkeypatch.setattr(megatron_side, "forward_logits", fake_logits)
+    monkeypatch.setattr(megatron_side, "is_logits_writer", lambda: True)
+    for temperature in (0.0, 1.0):
+        new = generate([None], None, [[0, 2], [2]], pixel_values=None, max_new_tokens=20,
+                       temperature=temperature, seed=0, img_context_token_id=img, vocab_size=6)
+        assert all(len(row) == 20 and img not in row for row in new), new
+        if temperature == 0.0:
+            assert new == [[best] * 20] * 2
