@@ -146,11 +146,13 @@ def _prompt(ns) -> int:
     except SampleError as exc:
         raise GenerateError(str(exc)) from None
     result = run_generation(ns.ckpt, [prompt.ids], prompt.pixel_values, _options(ns, eos, tokenizer))
-    answer = result.generated[0]
-    if answer and answer[-1] in eos:
-        answer = answer[:-1]
-    print(tokenizer.decode(answer))
+    print(answer_text(tokenizer, result.generated[0], eos))
     return 0
+
+
+def answer_text(tokenizer, new_ids: list[int], eos) -> str:
+    """The decoded answer: the new tokens without the end token that stopped them."""
+    return tokenizer.decode(new_ids[:-1] if new_ids and new_ids[-1] in eos else new_ids)
 
 
 @dataclass
@@ -212,7 +214,7 @@ def _jsonl(ns) -> int:
                             _options(ns, eos, tokenizer))
     out = []
     for obj, new in zip(batch.records, result.generated):
-        answer = tokenizer.decode(new[:-1] if new and new[-1] in eos else new)
+        answer = answer_text(tokenizer, new, eos)
         conv = list(obj["conversations"])
         if conv and conv[-1].get("from") in ("gpt", "assistant"):
             conv = conv[:-1]
@@ -227,9 +229,6 @@ def _jsonl(ns) -> int:
 
 def main(argv: list[str]) -> int:
     ns = _parser().parse_args(argv)
-    from megatron_sail.checkpointing.layout_files import CheckpointError
-    from megatron_sail.config import ConfigError
-    from megatron_sail.convert.errors import ConversionError
     from megatron_sail.convert.outputs import exit_on_sigterm
     from megatron_sail.errors import report_error
 
@@ -240,6 +239,6 @@ def main(argv: list[str]) -> int:
             if ns.input:
                 return _jsonl(ns)
             return _prompt(ns)
-    except (ConversionError, CheckpointError, ConfigError, GenerateError) as exc:
+    except UserError as exc:   # checkpoint, config, record and option errors alike
         report_error("generate", str(exc))
         return 2

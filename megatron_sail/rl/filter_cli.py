@@ -109,7 +109,9 @@ def _filter(ns) -> int:
     import torch
 
     from megatron_sail.data.records import RecordError
-    from megatron_sail.generation.cli import chat_encoder, read_prompt_file, tokenizer_and_config
+    from megatron_sail.generation.cli import (
+        answer_text, chat_encoder, read_prompt_file, tokenizer_and_config,
+    )
     from megatron_sail.generation.cli_job import tiles_per_prompt
     from megatron_sail.generation.runner import GenerateOptions, run_generation
     from megatron_sail.rl.filter import split_by_pass_rate, write_split
@@ -143,7 +145,7 @@ def _filter(ns) -> int:
                            vocab_limit=tokenizer.vocab_size, group=k)
     start = time.perf_counter()
     result = run_generation(ns.ckpt, prompts, pixels, opts)
-    texts = [tokenizer.decode(g[:-1] if g and g[-1] in eos else g) for g in result.generated]
+    texts = [answer_text(tokenizer, g, eos) for g in result.generated]
     rollouts = [texts[i * k:(i + 1) * k] for i in range(len(batch.records))]
     correct = correctness([reference_of(r) for r in batch.records],
                           [question_of(r) for r in batch.records], rollouts)

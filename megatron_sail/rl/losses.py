@@ -122,11 +122,10 @@ def _ref_penalty(logp: Tensor, ref_logp: Optional[Tensor], kl_coeff: float) -> O
     return k3(logp, ref_logp)
 
 
-def dapo_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, *,
-              eps_low: float = 0.20, eps_high: float = 0.28, ref_logp: Optional[Tensor] = None,
-              kl_coeff: float = 0.0, num_tokens: Optional[float] = None) -> PolicyLoss:
-    """DAPO: token ratio, clip-higher, token-level average over the whole mini-batch; no KL
-    unless ``kl_coeff`` > 0 (DAPO drops it: the policy is meant to move far from the start)."""
+def _token_terms(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor,
+                 eps_low: float, eps_high: float, ref_logp: Optional[Tensor], kl_coeff: float):
+    """What DAPO and GRPO share: the per-token clipped objective (plus the k3 penalty where
+    asked), the float mask and the metrics; they differ only in how tokens are averaged."""
     _check(logp, old_logp, advantages, mask, ref_logp)
     m = mask.to(logp.dtype)
     ratio = torch.exp(logp - old_logp)
@@ -135,6 +134,16 @@ def dapo_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, 
     per_token = -objective if kl is None else -objective + kl_coeff * kl
     clip_fraction, approx_kl = _metrics(logp, old_logp, active, m)
     ref_kl = None if kl is None else _token_mean(kl.detach(), m)
+    return per_token, m, clip_fraction, approx_kl, ref_kl
+
+
+def dapo_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, *,
+              eps_low: float = 0.20, eps_high: float = 0.28, ref_logp: Optional[Tensor] = None,
+              kl_coeff: float = 0.0, num_tokens: Optional[float] = None) -> PolicyLoss:
+    """DAPO: token ratio, clip-higher, token-level average over the whole mini-batch; no KL
+    unless ``kl_coeff`` > 0 (DAPO drops it: the policy is meant to move far from the start)."""
+    per_token, m, clip_fraction, approx_kl, ref_kl = _token_terms(
+        logp, old_logp, advantages, mask, eps_low, eps_high, ref_logp, kl_coeff)
     return PolicyLoss(_token_mean(per_token, m, num_tokens), clip_fraction, approx_kl, ref_kl)
 
 
@@ -143,14 +152,8 @@ def grpo_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, 
               kl_coeff: float = 0.0, num_sequences: Optional[float] = None) -> PolicyLoss:
     """GRPO: token ratio, symmetric clip, mean over each sequence's tokens then over sequences,
     minus ``kl_coeff`` times the per-token k3 KL to the reference."""
-    _check(logp, old_logp, advantages, mask, ref_logp)
-    m = mask.to(logp.dtype)
-    ratio = torch.exp(logp - old_logp)
-    objective, active = _clipped_objective(ratio, advantages[:, None], eps_low, eps_high)
-    kl = _ref_penalty(logp, ref_logp, kl_coeff)
-    per_token = -objective if kl is None else -objective + kl_coeff * kl
-    clip_fraction, approx_kl = _metrics(logp, old_logp, active, m)
-    ref_kl = None if kl is None else _token_mean(kl.detach(), m)
+    per_token, m, clip_fraction, approx_kl, ref_kl = _token_terms(
+        logp, old_logp, advantages, mask, eps_low, eps_high, ref_logp, kl_coeff)
     return PolicyLoss(_sequence_mean(per_token, m, num_sequences), clip_fraction, approx_kl, ref_kl)
 
 
