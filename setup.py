@@ -27,12 +27,13 @@ setup(
         "psutil>=5.9",
         "matplotlib>=3.7",
         "tokenizers>=0.19",  # the release's Qwen tokenizer files
+        "av>=12",  # video is part of the product: PyAV (its own FFmpeg) decodes every codec on CPU
     ],
     extras_require={
         "te": ["transformer-engine[pytorch]>=1.13"],
         # Media decoding: DALI wheels are built per CUDA major version, so the user picks the
         # flavour matching the cluster's driver; PyAV decodes what DALI's CPU backend cannot.
-        "video": ["av>=12"],  # video probing and decoding (all codecs, CPU)
+        "video": [],  # kept for old install lines: PyAV is a base dependency now
         "dali-cuda12": ["nvidia-dali-cuda120>=1.40", "av>=12"],
         "dali-cuda13": ["nvidia-dali-cuda130>=2.0", "av>=12"],
         "test": ["pytest>=8.0", "transformers>=4.57", "nvidia-dali-cuda120>=1.40", "av>=12"],
