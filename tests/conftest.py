@@ -16,13 +16,17 @@ check_stack()  # a stack megatron_sail does not support fails here, once, with t
 
 
 # Marks by area (registered in pytest.ini), so that new tests there get them too:
-# ``megatron`` - runs Megatron-Core code (CI's Python 3.12 lane runs exactly these);
+# ``megatron`` - the version-compatibility set (CI's Python 3.12 lane runs exactly these);
 # ``slow`` - starts rank processes (training, conversion, SLURM jobs): ``-m "not slow"`` is the
 # quick developer run.
 _MEGATRON_AREAS = ("distributed", "convert", "compat", "test_reference_parity.py")
 _SLOW_AREAS = ("distributed", "slurm", "recipe")
 _MEGATRON_FIXTURES = {"megatron_single_rank", "sail", "imported"}
 _SLOW_FIXTURES = {"sail", "imported"}
+# Features built on the paths the layout, checkpoint, MoE, conversion and parity tests already run
+# on both lanes: they run on lane 1 only, which keeps CI within its time budget.
+_ONE_LANE_MODULES = {"test_adalrs.py", "test_run_dir_rules.py", "test_soup.py",
+                     "test_generate_cli.py", "test_rl_filter_cli.py"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -30,7 +34,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         area = os.path.relpath(str(item.path), tests_dir).split(os.sep)[0]
         fixtures = set(item.fixturenames)
-        if area in _MEGATRON_AREAS or fixtures & _MEGATRON_FIXTURES:
+        if (area in _MEGATRON_AREAS or fixtures & _MEGATRON_FIXTURES) \
+                and item.path.name not in _ONE_LANE_MODULES:
             item.add_marker(pytest.mark.megatron)
         if area in _SLOW_AREAS or fixtures & _SLOW_FIXTURES:
             item.add_marker(pytest.mark.slow)
