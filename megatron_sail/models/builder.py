@@ -15,7 +15,7 @@ from megatron.core.transformer.transformer_block import get_num_layers_to_build
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_sail.compat.moe_router import (balancing_loss_grad_spans_tp_cp,
-                                             z_loss_grad_spans_tp_cp)
+                                             mark_expert_dp_params, z_loss_grad_spans_tp_cp)
 from megatron_sail.config.layout import Layout
 from megatron_sail.config.schema import SailConfig
 from megatron_sail.models.adapter import VisionAdapter
@@ -265,6 +265,7 @@ def build_model(cfg: SailConfig, layout: Layout, img_context_id: int) -> ModelBu
 
     num_layers = {"llm": cfg.model.llm.num_layers, "vision": num_vision_blocks(cfg.model.vision)[0]}
     initialize_weights(chunks, cfg.train.seed, cfg.model.init_std, num_layers)
+    mark_expert_dp_params(chunks, lm_cfg)  # before DDP: replicated experts reduce over TP too
     for chunk in chunks:
         if torch.cuda.is_available():  # the ViT's conv and position table are built on the host
             chunk.cuda(torch.cuda.current_device())

@@ -35,14 +35,6 @@ def ep1(sail, tmp_path_factory):
     return runs
 
 
-def _megatron_before(release: str) -> bool:
-    from packaging.version import Version
-
-    from megatron_sail.compat.versions import installed_megatron_core
-
-    return Version(installed_megatron_core()) < Version(release)
-
-
 # Gradient norms of two layouts agree to the rounding of the gradients' token sums: each
 # element sums over the 8 x 64 tokens of a global batch, relative error <= eps32 * sqrt(512)
 # ~= 2.7e-6, and the norm over all elements is within that (dense TP/PP/DP: 2e-7 measured).
@@ -54,19 +46,13 @@ GRAD_NORM_REL = 1e-5
 # iteration 1's gradient norm, which Adam amplifies (2.4e-5 at iteration 2). Layouts with DP > 1
 # and the balancing loss therefore run one micro-batch per rank against EP=1's single one
 # (measured: 1e-7 over the three iterations).
-# Known difference (measured on megatron-core 0.16.1 and 0.18.2): TP=2 + SP with whole experts,
-# gradient norm 1.2e-5 relative off with or without the balancing loss (0.19.2: 4e-8).
-_TP_SP_EXPERT_GRADS = pytest.mark.xfail(
-    _megatron_before("0.19"), strict=True,
-    reason="megatron-core < 0.19: gradients under TP+SP with experts differ from EP=1 (4.7e-5)")
 
 
 @pytest.mark.parametrize("layout", [
     ["parallel.expert_model_parallel_size=2", ONE_MICRO_BATCH],
     ["parallel.expert_model_parallel_size=2", "model.moe.token_dispatcher=allgather",
      ONE_MICRO_BATCH],
-    pytest.param(["parallel.tensor_model_parallel_size=2"],  # sequence parallelism on, experts whole
-                 marks=_TP_SP_EXPERT_GRADS),
+    ["parallel.tensor_model_parallel_size=2"],  # sequence parallelism on, experts whole
     ["parallel.expert_model_parallel_size=2", "model.moe.aux_loss_coeff=0"],
     ["parallel.expert_model_parallel_size=2", "model.moe.token_dispatcher=allgather",
      "model.moe.aux_loss_coeff=0"],
