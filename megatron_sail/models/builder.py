@@ -14,6 +14,8 @@ from megatron.core.transformer.pipeline_parallel_layer_layout import PipelinePar
 from megatron.core.transformer.transformer_block import get_num_layers_to_build
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from megatron_sail.compat.moe_router import (balancing_loss_grad_spans_tp_cp,
+                                             mark_expert_dp_params, z_loss_grad_spans_tp_cp)
 from megatron_sail.config.layout import Layout
 from megatron_sail.config.schema import SailConfig
 from megatron_sail.models.adapter import VisionAdapter
@@ -88,6 +90,21 @@ def pipeline_layout(layout: Layout) -> Optional[PipelineParallelLayerLayout]:
     return PipelineParallelLayerLayout(stages, layout.pp)
 
 
+def _balancing_grad_factor(balancing: str, layout: Layout) -> int:
+    """What Megatron's balancing-loss gradient lacks for the loss it logs, on any layout.
+
+    With ``calculate_per_token_loss`` the router attaches ``loss x its routed tokens`` so that
+    finalize_model_grads' division by the global loss-token count leaves 1 / (micro-batches x
+    DP). A micro-batch's routed tokens span the TP group (sequence-parallel shards, or copies
+    without SP), which megatron-core < 0.19 leaves out: its gradient is 1/TP too small. The
+    global-batch loss's token counts are reduced over TP x DP, so each DP rank's loss is
+    already a partial sum of one loss: the 1/DP divides it once more, on every release.
+    Scaling the coefficient corrects the gradient and leaves the logged loss (loss / coeff).
+    """
+    factor = 1 if balancing_loss_grad_spans_tp_cp() else layout.tp
+    return factor * layout.dp if balancing == "global_aux_loss" else factor
+
+
 def _moe(cfg: SailConfig, layout: Layout) -> dict:
     """Qwen3-MoE through Megatron-Core's MoE layer: softmax over the top-k logits equals
     Qwen3's renormalised top-k probabilities; router in fp32; no shared expert."""
@@ -100,8 +117,10 @@ def _moe(cfg: SailConfig, layout: Layout) -> dict:
         moe_router_topk=llm.moe_router_topk,
         moe_ffn_hidden_size=llm.moe_ffn_hidden_size or llm.ffn_hidden_size,
         moe_router_load_balancing_type=balancing,
-        moe_aux_loss_coeff=0.0 if balancing == "none" else moe.aux_loss_coeff,
-        moe_z_loss_coeff=moe.z_loss_coeff,
+        moe_aux_loss_coeff=0.0 if balancing == "none"
+        else moe.aux_loss_coeff * _balancing_grad_factor(balancing, layout),
+        moe_z_loss_coeff=None if moe.z_loss_coeff is None
+        else moe.z_loss_coeff * (1 if z_loss_grad_spans_tp_cp() else layout.tp),
         moe_router_score_function=moe.router_score_function,
         moe_router_enable_expert_bias=moe.expert_bias,
         moe_router_bias_update_rate=moe.expert_bias_update_rate,
@@ -246,6 +265,7 @@ def build_model(cfg: SailConfig, layout: Layout, img_context_id: int) -> ModelBu
 
     num_layers = {"llm": cfg.model.llm.num_layers, "vision": num_vision_blocks(cfg.model.vision)[0]}
     initialize_weights(chunks, cfg.train.seed, cfg.model.init_std, num_layers)
+    mark_expert_dp_params(chunks, lm_cfg)  # before DDP: replicated experts reduce over TP too
     for chunk in chunks:
         if torch.cuda.is_available():  # the ViT's conv and position table are built on the host
             chunk.cuda(torch.cuda.current_device())

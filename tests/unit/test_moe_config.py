@@ -37,3 +37,27 @@ def test_moe_errors(overrides, message):
 
 def test_sigmoid_routing_with_expert_bias_is_accepted():
     layout(1, "model.moe.router_score_function=sigmoid", "model.moe.expert_bias=true")
+
+
+def test_balancing_coefficient_restores_the_gradient_megatron_divides_out():
+    """The coefficient Megatron sees carries the TP factor its per-token gradient scale leaves
+    out before 0.19, and for the global-batch loss the DP factor (the distributed tests compare
+    the resulting gradients with one process)."""
+    from packaging.version import Version
+
+    from megatron_sail.compat import moe_router
+    from megatron_sail.compat.versions import installed_megatron_core
+    from megatron_sail.models.builder import llm_config
+
+    moe_router.check()
+    spans_tp = Version(installed_megatron_core()) >= Version("0.19")
+    assert moe_router.balancing_loss_grad_spans_tp_cp() is spans_tp
+    assert moe_router.z_loss_grad_spans_tp_cp() is spans_tp
+    tp = 1 if spans_tp else 2
+    for balancing, factor in (("global_aux_loss", tp * 2), ("aux_loss", tp)):
+        over = ["parallel.tensor_model_parallel_size=2", f"model.moe.load_balancing={balancing}",
+                "model.moe.aux_loss_coeff=1e-3", "model.moe.z_loss_coeff=1e-4"]
+        cfg = load_config(None, ["model.preset=tiny-moe", *over])
+        config = llm_config(cfg, resolve_layout(cfg, 4))
+        assert config.moe_aux_loss_coeff == pytest.approx(1e-3 * factor)
+        assert config.moe_z_loss_coeff == pytest.approx(1e-4 * tp)
