@@ -45,6 +45,10 @@ def _poison_metadata(ckpt, marker):
 
 
 def _poison_common(ckpt, marker):
+    if not (ckpt / "common.pt").exists():  # megatron-core >= 0.19: inside the .distcp files
+        from megatron_sail.compat.dist_ckpt_internals import EMBEDDED_COMMON_KEY
+
+        return _poison_bytes_item(ckpt, marker, EMBEDDED_COMMON_KEY)
     common = torch.load(ckpt / "common.pt", weights_only=True)
     common["sail"]["extra"] = _Payload(marker)
     torch.save(common, ckpt / "common.pt")
@@ -52,14 +56,19 @@ def _poison_common(ckpt, marker):
 
 
 def _poison_item(ckpt, marker):
+    return _poison_bytes_item(ckpt, marker, "rng_state")
+
+
+def _poison_bytes_item(ckpt, marker, fqn_prefix):
     """Appends a torch.save blob holding the payload to the .distcp file that stores the
-    RNG state (a non-tensor item) and points the metadata at it."""
+    non-tensor item ``fqn_prefix...`` (the RNG state; megatron-core >= 0.19's common state)
+    and points the metadata at it."""
     from torch.distributed.checkpoint.metadata import BytesStorageMetadata
 
     with open(ckpt / ".metadata", "rb") as f:
         metadata = pickle.load(f)  # written by the fixture's own run
     index = next(i for i, info in metadata.storage_data.items()
-                 if i.fqn.startswith("rng_state")
+                 if i.fqn.startswith(fqn_prefix)
                  and isinstance(metadata.state_dict_metadata[i.fqn], BytesStorageMetadata))
     info = metadata.storage_data[index]
     blob = io.BytesIO()
