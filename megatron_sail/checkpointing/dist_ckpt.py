@@ -69,7 +69,7 @@ def _rng_object(state) -> ShardedObject:
         "rng_state", state, (pp, tp),
         (parallel_state.get_pipeline_model_parallel_rank(),
          parallel_state.get_tensor_model_parallel_rank()),
-        replica_id=parallel_state.get_data_parallel_rank(),
+        replica_id=parallel_state.get_data_parallel_rank(with_context_parallel=True),
     )
 
 

@@ -31,6 +31,8 @@ class Layout:
     padded_vocab_size: int
     # LLM decoder layers of each virtual stage, indexed [vpp_rank][pp_rank].
     stage_layers: tuple[tuple[int, ...], ...]
+    cp: int = 1  # context parallel size
+    segment_pad_multiple: int = 1  # packed rows pad each sample to a multiple of this
 
     @property
     def vision_replicated(self) -> bool:
@@ -102,20 +104,22 @@ def resolve_layout(cfg: SailConfig, world_size: int, cuda_available: bool = Fals
     vision, llm = model.vision, model.llm
     tp, pp = par.tensor_model_parallel_size, par.pipeline_model_parallel_size
     vpp = par.virtual_pipeline_model_parallel_size or 1
+    cp = par.context_parallel_size
 
     for name, value in (("tensor_model_parallel_size", tp), ("pipeline_model_parallel_size", pp),
+                        ("context_parallel_size", cp),
                         ("expert_model_parallel_size", par.expert_model_parallel_size),
                         ("virtual_pipeline_model_parallel_size", vpp)):
         if value < 1:
             errors.append(f"parallel.{name}={value} must be >= 1")
-    if min(tp, pp, vpp) < 1:
+    if min(tp, pp, vpp, cp) < 1:
         raise ConfigError("invalid parallel layout:\n  - " + "\n  - ".join(errors))
 
-    dp = world_size // (tp * pp)
-    if world_size % (tp * pp):
+    dp = world_size // (tp * pp * cp)
+    if world_size % (tp * pp * cp):
         errors.append(
-            f"world size {world_size} is not divisible by tensor x pipeline parallel "
-            f"size {tp} x {pp} = {tp * pp}"
+            f"world size {world_size} is not divisible by tensor x pipeline x context parallel "
+            f"size {tp} x {pp} x {cp} = {tp * pp * cp}"
         )
         dp = 1
     ep = par.expert_model_parallel_size
@@ -155,9 +159,10 @@ def resolve_layout(cfg: SailConfig, world_size: int, cuda_available: bool = Fals
                       "(parallel.sequence_parallel=true)")
     if sp and tp == 1:
         sp = False  # sequence parallelism is a no-op without tensor parallelism
-    if sp and cfg.data.seq_length % tp:
+    if sp and cp == 1 and cfg.data.seq_length % tp:
         errors.append(f"data.seq_length={cfg.data.seq_length} must be divisible by "
                       f"tensor_model_parallel_size={tp} with sequence parallelism")
+    segment_multiple = _context_parallel_errors(cfg, cp, tp if sp else 1, errors)
 
     # Vision tensor parallelism: all TP ranks, or replicated.
     vision_tp = par.vision_tensor_parallel_size
@@ -230,8 +235,37 @@ def resolve_layout(cfg: SailConfig, world_size: int, cuda_available: bool = Fals
     return Layout(
         world_size=world_size, tp=tp, pp=pp, vpp=vpp, dp=dp, ep=ep, etp=etp, vision_tp=vision_tp,
         sequence_parallel=sp, num_microbatches=num_microbatches, padded_vocab_size=padded,
-        stage_layers=stage_layers,
+        stage_layers=stage_layers, cp=cp, segment_pad_multiple=segment_multiple,
     )
+
+
+def segment_pad_multiple(cfg: SailConfig) -> int:
+    """What packed samples are padded to: data.segment_pad_multiple, else 2 x CP (1 without)."""
+    cp = cfg.parallel.context_parallel_size
+    return cfg.data.segment_pad_multiple or (2 * cp if cp > 1 else 1)
+
+
+def _context_parallel_errors(cfg: SailConfig, cp: int, sp_tp: int, errors: list[str]) -> int:
+    """Context parallelism cuts every sequence into 2 x CP load-balanced chunks (and each
+    chunk over the TP ranks with sequence parallelism); a packed row cuts each of its samples
+    so, which needs every sample padded to a multiple of 2 x CP. Returns that multiple."""
+    data = cfg.data
+    split = 2 * cp * sp_tp
+    if cp > 1 and data.seq_length % split:
+        what = f"2 x context_parallel_size{' x tensor_model_parallel_size' if sp_tp > 1 else ''}"
+        errors.append(f"data.seq_length={data.seq_length} must be divisible by {what} = {split} "
+                      f"(load-balanced chunks for causal attention)")
+    multiple = segment_pad_multiple(cfg)
+    if not data.packing:
+        return multiple
+    if cp > 1 and multiple % (2 * cp):
+        errors.append(f"data.segment_pad_multiple={multiple} must be a multiple of 2 x "
+                      f"context_parallel_size = {2 * cp}: each packed sample is cut into "
+                      f"2 x CP chunks")
+    if data.seq_length % multiple:
+        errors.append(f"data.seq_length={data.seq_length} must be divisible by "
+                      f"data.segment_pad_multiple={multiple} (packed samples are padded to it)")
+    return multiple
 
 
 def _data_errors(cfg: SailConfig) -> list[str]:

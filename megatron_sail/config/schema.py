@@ -77,6 +77,12 @@ class ParallelConfig:
     # LLM layers on pipeline stage 0 next to the ViT (0 allowed). None: an even split.
     first_stage_llm_layers: Optional[int] = num(None, ge=0)
     use_distributed_optimizer: bool = True
+    # Context parallelism: each rank of a CP group holds 2 of the 2 x CP load-balanced chunks
+    # of every sequence (packed rows: of every sample).
+    context_parallel_size: int = num(1, ge=1)
+    # How Transformer Engine's attention exchanges keys/values under CP (the local spec always
+    # all-gathers them): p2p (ring), a2a (Ulysses), allgather, or a2a+p2p (hierarchical).
+    cp_comm_type: Literal["p2p", "a2a", "allgather", "a2a+p2p"] = "p2p"
 
 
 @dataclass
@@ -149,6 +155,10 @@ class DataConfig:
     # micro-batch is one row. Without packing each sample is padded to seq_length.
     packing: bool = True
     packing_buffer: Optional[int] = num(None, ge=1)  # lookahead in samples; None: 4 x global batch
+    # Packed rows pad every sample to a multiple of this many tokens (context parallelism needs
+    # 2 x CP). None: 2 x parallel.context_parallel_size (1 without CP). Set it alike on runs
+    # that must see identical rows (e.g. a CP=1 run resuming a CP=2 one, or comparing them).
+    segment_pad_multiple: Optional[int] = num(None, ge=1)
     min_tiles: int = num(1, ge=1)
     max_tiles: int = num(12, ge=1)  # dynamic tiling: 1..max tiles of image_size px (+ a thumbnail)
     use_thumbnail: bool = True

@@ -29,12 +29,17 @@ class MicroBatch:
     # AnyRes images: pixel_values are then flattened patches [P, 3 * p * p] (see ``patchify``)
     # of images with these (rows, cols) patch grids, int64 [n, 2]. None: fixed-size tiles.
     image_grids: Optional[torch.Tensor] = None
+    # Samples padded to a multiple of 2 x CP (context parallelism): ``cu_seqlens`` are then the
+    # padded segments (attention, positions and the CP split follow them), these the cumulative
+    # real lengths (Transformer Engine's cu_seqlens beside cu_seqlens_padded), int32 [n + 1].
+    # None: no sample was padded.
+    cu_seqlens_unpadded: Optional[torch.Tensor] = None
 
     def to(self, device: torch.device) -> "MicroBatch":
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
         return MicroBatch(move(self.tokens), move(self.position_ids), move(self.labels),
                           move(self.loss_mask), move(self.pixel_values), move(self.cu_seqlens),
-                          self.max_seqlen, self.image_grids)
+                          self.max_seqlen, self.image_grids, move(self.cu_seqlens_unpadded))
 
 
 def patchify(image: torch.Tensor, patch: int) -> tuple[torch.Tensor, tuple[int, int]]:

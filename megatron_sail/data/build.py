@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from megatron_sail.config.layout import segment_pad_multiple
 from megatron_sail.config.schema import SailConfig, chat_template_of
 from megatron_sail.data.blend import BlendError, is_blend_file, load_blend
 from megatron_sail.data.loader import BlendedSamples, LoaderSettings, MultimodalBatches
@@ -57,11 +58,13 @@ def build_batches(cfg: SailConfig, tokenizer, path: str, dp_rank: int, dp_size: 
     sources, weights = load_sources(path)
     samples = BlendedSamples(sources, weights, cfg.train.seed, sample_encoder(cfg, tokenizer))
     data, train = cfg.data, cfg.train
+    segment_multiple = segment_pad_multiple(cfg) if data.packing else 1
     settings = LoaderSettings(
         seq_length=data.seq_length, global_batch=train.global_batch_size,
         micro_batch=train.micro_batch_size, packing=data.packing,
         buffer_size=data.packing_buffer,
         num_workers=data.num_workers if num_workers is None else num_workers,
-        prefetch=data.prefetch, spawn_workers=gpu_decoding_possible())
+        prefetch=data.prefetch, spawn_workers=gpu_decoding_possible(),
+        segment_multiple=segment_multiple)
     return MultimodalBatches(samples, settings, tokenizer.pad_id, dp_rank, dp_size, dp_group,
                              state, share_group)

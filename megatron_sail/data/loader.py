@@ -30,7 +30,7 @@ import torch
 from megatron_sail.data.batches import MicroBatch, collate
 from megatron_sail.data.blend import BlendSchedule
 from megatron_sail.data.packing_balance import deal_rows, packing_stats
-from megatron_sail.data.packing_collate import collate_packed
+from megatron_sail.data.packing_collate import collate_packed, padded_infos, padded_length
 from megatron_sail.data.packing_plan import (
     GlobalBatchPlan, PackedRow, PackingState, SampleInfo, plan_global_batch,
 )
@@ -56,6 +56,9 @@ class LoaderSettings:
     num_workers: int = 2
     prefetch: int = 2  # micro-batches per worker in flight
     spawn_workers: bool = False  # spawn instead of fork (decoders that use CUDA)
+    # Packed samples are padded to a multiple of this (2 x CP under context parallelism);
+    # the planner places them at their padded lengths.
+    segment_multiple: int = 1
 
 
 @dataclass(frozen=True)
@@ -138,7 +141,8 @@ class _MicroBatchBuilder(torch.utils.data.Dataset):
     def _sample(self, position: int, length: int, skips: list[Skip]) -> dict:
         try:
             enc = self.samples.encode(position)
-            if len(enc.tokens) != length:  # the plan and the encoding must agree
+            multiple = self.settings.segment_multiple if self.settings.packing else 1
+            if padded_length(len(enc.tokens), multiple) != length:  # plan and encoding agree
                 raise SampleError(enc.where, f"encodes to {len(enc.tokens)} tokens but was "
                                   f"planned at {length}", "malformed_record")
             return {"tokens": enc.tokens, "labels": enc.labels, "loss_mask": enc.loss_mask,
@@ -160,7 +164,8 @@ class _MicroBatchBuilder(torch.utils.data.Dataset):
         if self.settings.packing:
             (row,) = spec.rows
             samples = [self._sample(p, n, skips) for p, n in row]
-            return collate_packed(samples, seq, self.pad_id), skips
+            return collate_packed(samples, seq, self.pad_id,
+                                  self.settings.segment_multiple), skips
         samples = [_pad(self._sample(p, n, skips), seq, self.pad_id) for ((p, n),) in spec.rows]
         return collate(samples), skips
 
@@ -271,7 +276,8 @@ class MultimodalBatches:
     def _plan(self, state: PackingState) -> tuple[GlobalBatchPlan, PackingState]:
         s = self.settings
         if s.packing:
-            return plan_global_batch(self.samples.info, state, s.seq_length, s.global_batch,
+            return plan_global_batch(padded_infos(self.samples.info, s.segment_multiple), state,
+                                     s.seq_length, s.global_batch,
                                      max(self.buffer_size, s.global_batch))
         return _plan_unpacked(self.samples.info, state, s.seq_length, s.global_batch)
 

@@ -116,17 +116,54 @@ def init_model_parallel(layout: Layout, seed: int) -> None:
         virtual_pipeline_model_parallel_size=layout.vpp if layout.vpp > 1 else None,
         expert_model_parallel_size=layout.ep,
         expert_tensor_parallel_size=layout.etp,
+        context_parallel_size=layout.cp,
     )
+    global _DATA_SHARING_GROUP
+    _DATA_SHARING_GROUP = _same_data_group()
     # One seed for every rank: no stage- or rank-dependent randomness (dropout is off and
     # weights come from the layout-independent initialiser).
     torch.manual_seed(seed)
     model_parallel_cuda_manual_seed(seed)
 
 
+_DATA_SHARING_GROUP = None
+
+
+def _same_data_group():
+    """The ranks of one data-parallel replica: TP x PP x CP (Megatron's model-parallel group
+    is TP x PP only, but every CP rank of a replica reads the same rows too). Every rank
+    creates every group, in the same order, as torch.distributed requires."""
+    import torch
+    from megatron.core import parallel_state
+
+    if parallel_state.get_context_parallel_world_size() == 1:
+        return parallel_state.get_model_parallel_group()
+    world = torch.distributed.get_world_size()
+    replica_of = [None] * world
+    torch.distributed.all_gather_object(replica_of, parallel_state.get_data_parallel_rank())
+    mine = None
+    for replica in sorted(set(replica_of)):
+        ranks = [r for r in range(world) if replica_of[r] == replica]
+        group = torch.distributed.new_group(ranks)
+        if replica == parallel_state.get_data_parallel_rank():
+            mine = group
+    return mine
+
+
+def data_sharing_group():
+    """The ranks that consume the same micro-batches (one of them decodes, the others
+    receive): TP x PP x CP of one data-parallel replica."""
+    if _DATA_SHARING_GROUP is None:
+        raise RuntimeError("init_model_parallel has not run")
+    return _DATA_SHARING_GROUP
+
+
 def shutdown() -> None:
     import torch
     from megatron.core import parallel_state
 
+    global _DATA_SHARING_GROUP
+    _DATA_SHARING_GROUP = None
     if torch.distributed.is_initialized():
         parallel_state.destroy_model_parallel()
         torch.distributed.destroy_process_group()

@@ -154,6 +154,11 @@ def llm_config(cfg: SailConfig, layout: Layout) -> TransformerConfig:
         virtual_pipeline_model_parallel_size=layout.vpp if layout.vpp > 1 else None,
         pipeline_model_parallel_layout=pipeline_layout(layout),
         sequence_parallel=layout.sequence_parallel,
+        context_parallel_size=layout.cp,
+        # Transformer Engine's CP attention exchanges K/V this way; the local spec's
+        # LocalCoreAttention always all-gathers them.
+        cp_comm_type=(cfg.parallel.cp_comm_type
+                      if cfg.model.transformer_impl == "transformer_engine" else None),
         **_moe(cfg, layout),
         **_recompute(cfg.model.llm_recompute),
         **_common(cfg),
@@ -207,6 +212,8 @@ def _vision_pg_collection(layout: Layout) -> ProcessGroupCollection:
     pgs = ProcessGroupCollection.use_mpu_process_groups()
     if layout.vision_replicated:
         pgs.tp = parallel_state_singleton_group()
+    if layout.cp > 1:  # the ViT is not split along the sequence (see models/sailvl.py)
+        pgs.cp = parallel_state_singleton_group()
     return pgs
 
 
@@ -224,7 +231,8 @@ def parallel_state_singleton_group():
 def build_model(cfg: SailConfig, layout: Layout, img_context_id: int) -> ModelBuild:
     """Build, initialise and freeze this rank's model chunks (one per virtual stage)."""
     lm_cfg = llm_config(cfg, layout)
-    vit_pgs = _vision_pg_collection(layout) if layout.vision_replicated else None
+    vit_pgs = _vision_pg_collection(layout) if layout.vision_replicated or layout.cp > 1 \
+        else None
     chunks = []
     for vp_stage in range(layout.vpp):
         vp = vp_stage if layout.vpp > 1 else None

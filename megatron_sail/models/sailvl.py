@@ -1,17 +1,32 @@
 """SAIL-VL: vision encoder -> pixel shuffle + adapter -> embeddings spliced at <IMG_CONTEXT>
--> Qwen3 language model. One instance is one pipeline (or virtual pipeline) stage."""
+-> Qwen3 language model. One instance is one pipeline (or virtual pipeline) stage.
+
+Context parallelism splits the sequence after the splice (models/context_parallel.py): the
+first stage embeds and splices the whole row, then keeps its CP rank's load-balanced chunks.
+The ViT is not split along the sequence: every CP rank of the first stage runs it on all of
+the micro-batch's tiles. Spreading tiles over the CP ranks and all-gathering the visual
+embeddings would divide ViT work by CP, but the image tokens of a chunk can come from any tile,
+so every rank needs every embedding anyway, and the gradient would need the matching
+reduce-scatter of the gathered embeddings plus tile counts that divide by CP; computing it once
+per rank needs no collective at all, keeps any tile count valid, and its gradient is already
+right: each rank's ViT receives the gradient of the visual tokens in its own chunks, and the
+data-parallel reduction, which spans DP x CP, sums them. The cost is ViT compute repeated CP
+times, small next to the LLM at the sequence lengths that need CP (an 8k-token chunk per rank
+against one ViT pass over the row's tiles).
+"""
 
 from __future__ import annotations
 
 from typing import Optional
 
 import torch
-from megatron.core import tensor_parallel
+from megatron.core import parallel_state, tensor_parallel
 from megatron.core.models.gpt import GPTModel
 from megatron.core.packed_seq_params import PackedSeqParams
 from megatron.core.transformer.module import MegatronModule
 
 from megatron_sail.models.adapter import VisionAdapter, pixel_shuffle_v2
+from megatron_sail.models.context_parallel import split_for_rank
 from megatron_sail.models.vision import SailViT
 
 
@@ -83,7 +98,8 @@ class SailVLModel(MegatronModule):
 
     def _embed(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
                pixel_values: Optional[torch.Tensor],
-               image_grids: Optional[torch.Tensor] = None) -> torch.Tensor:
+               image_grids: Optional[torch.Tensor] = None,
+               packed_seq_params: Optional[PackedSeqParams] = None) -> torch.Tensor:
         embeds = self.language_model.embedding(input_ids=input_ids, position_ids=position_ids)
         if pixel_values is not None and pixel_values.numel() > 0:
             visual = self._visual(pixel_values, image_grids)
@@ -92,6 +108,7 @@ class SailVLModel(MegatronModule):
             ).transpose(0, 1)
         elif bool((input_ids == self.img_context_id).any()):
             raise ValueError("the batch has <IMG_CONTEXT> tokens but no pixel_values")
+        embeds = _context_parallel_split(embeds, packed_seq_params)  # [s/cp, b, h]
         if self.config.sequence_parallel:
             embeds = tensor_parallel.scatter_to_sequence_parallel_region(embeds.contiguous())
         return embeds
@@ -109,8 +126,11 @@ class SailVLModel(MegatronModule):
         ``labels`` are given, else vocab-parallel logits [b, s, v/tp]; middle: hidden states.
         ``packed_seq_params`` (THD, one packed row): attention and rotary positions restart at
         every sample boundary. ``image_grids`` [n, 2] (AnyRes): ``pixel_values`` are then the
-        images' flattened patches [P, 3*14*14] with these (rows, cols) patch grids."""
-        decoder_input = (self._embed(input_ids, position_ids, pixel_values, image_grids)
+        images' flattened patches [P, 3*14*14] with these (rows, cols) patch grids.
+        Context parallelism: ``input_ids`` and ``position_ids`` are the whole row (the splice
+        needs every <IMG_CONTEXT> position), ``labels`` this CP rank's chunks of it."""
+        decoder_input = (self._embed(input_ids, position_ids, pixel_values, image_grids,
+                                     packed_seq_params)
                          if self.pre_process else None)
         output = self.language_model(
             input_ids, position_ids, attention_mask=None, decoder_input=decoder_input,
@@ -119,3 +139,17 @@ class SailVLModel(MegatronModule):
         if not self.post_process or labels is None:
             return output
         return tensor_parallel.vocab_parallel_cross_entropy(output.float(), labels)
+
+
+def _context_parallel_split(embeds: torch.Tensor,
+                            packed_seq_params: Optional[PackedSeqParams]) -> torch.Tensor:
+    """[s, b, h] -> this CP rank's load-balanced chunks [s / cp, b, h] (of every packed
+    segment, by the padded ``cu_seqlens``)."""
+    cp = parallel_state.get_context_parallel_world_size()
+    if cp == 1:
+        return embeds
+    bounds = None
+    if packed_seq_params is not None:
+        padded = packed_seq_params.cu_seqlens_q_padded
+        bounds = (padded if padded is not None else packed_seq_params.cu_seqlens_q).tolist()
+    return split_for_rank(embeds, 0, cp, parallel_state.get_context_parallel_rank(), bounds)

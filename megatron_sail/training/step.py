@@ -3,6 +3,15 @@
 The loss of a micro-batch is the *sum* of its token losses plus its token count; Megatron
 (``calculate_per_token_loss``) divides gradients by the global count, so the update equals
 that of the mean over all loss tokens of the global batch, whatever the layout.
+
+Under context parallelism every CP rank gets the whole micro-batch (the first stage splices
+images into the whole row) and keeps its load-balanced chunks of the labels and the loss mask
+(models/context_parallel.py); its loss is the sum over its own tokens, with its own token
+count. Megatron's ``finalize_model_grads`` sums the counts, and the DDP wrapper the gradients,
+over the data-parallel group with CP (``get_data_parallel_group(with_context_parallel=True)``),
+and ``_reduce_losses`` sums over all ranks: the same loss and update as without CP. Position
+ids stay whole: they only reach the embedding, before the split; the rotary embedding takes
+each chunk's global positions from the CP rank (and the padded ``cu_seqlens`` of a packed row).
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from megatron.core.packed_seq_params import PackedSeqParams
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_sail.data.batches import MicroBatch, normalize_pixels
+from megatron_sail.models.context_parallel import split_for_rank
 
 
 def comm_device() -> torch.device:
@@ -42,20 +52,38 @@ def _forward_step(data_iterator, model, before_microbatch: Optional[Callable] = 
         batch.pixel_values = normalize_pixels(batch.pixel_values)
     if before_microbatch is not None:
         before_microbatch(batch)
-    output = model(batch.tokens, batch.position_ids, labels=batch.labels,
+    labels, loss_mask = _context_parallel_chunks(batch)
+    output = model(batch.tokens, batch.position_ids, labels=labels,
                    pixel_values=batch.pixel_values, packed_seq_params=packed_seq_params(batch),
                    image_grids=batch.image_grids)
-    return output, partial(_loss_func, batch.loss_mask)
+    return output, partial(_loss_func, loss_mask)
+
+
+def _context_parallel_chunks(batch: MicroBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """This CP rank's chunks of the labels and the loss mask ([b, s] -> [b, s / cp])."""
+    cp = parallel_state.get_context_parallel_world_size()
+    if cp == 1:
+        return batch.labels, batch.loss_mask
+    rank = parallel_state.get_context_parallel_rank()
+    bounds = None if batch.cu_seqlens is None else batch.cu_seqlens.tolist()
+    return tuple(split_for_rank(t, 1, cp, rank, bounds) for t in (batch.labels, batch.loss_mask))
 
 
 def packed_seq_params(batch: MicroBatch) -> Optional[PackedSeqParams]:
-    """Megatron's THD description of a packed row (the same on every pipeline stage)."""
+    """Megatron's THD description of a packed row (the same on every pipeline stage). With
+    samples padded to a multiple of 2 x CP, the padded bounds (which attention, the rotary
+    embedding and the CP split follow) and the real ones are both carried."""
     if batch.cu_seqlens is None:
         return None
     if batch.tokens.shape[0] != 1:
         raise ValueError(f"a packed micro-batch is one row, got {batch.tokens.shape[0]}")
     cu = batch.cu_seqlens.to(torch.int32)
-    return PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu,
+    if batch.cu_seqlens_unpadded is None:
+        return PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu,
+                               max_seqlen_q=batch.max_seqlen, max_seqlen_kv=batch.max_seqlen)
+    real = batch.cu_seqlens_unpadded.to(torch.int32)
+    return PackedSeqParams(qkv_format="thd", cu_seqlens_q=real, cu_seqlens_kv=real,
+                           cu_seqlens_q_padded=cu, cu_seqlens_kv_padded=cu,
                            max_seqlen_q=batch.max_seqlen, max_seqlen_kv=batch.max_seqlen)
 
 

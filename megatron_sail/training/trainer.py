@@ -24,7 +24,8 @@ from megatron_sail.data.build import build_batches
 from megatron_sail.data.hf_tokenizer import load_tokenizer
 from megatron_sail.data.tokenizer import SentencePieceTokenizer, load_or_train_synthetic_tokenizer
 from megatron_sail.distributed.runtime import (
-    DistEnv, init_model_parallel, init_process_group, transformer_engine_available,
+    DistEnv, data_sharing_group, init_model_parallel, init_process_group,
+    transformer_engine_available,
 )
 from megatron_sail.models.builder import MODULE_PREFIX, build_model, num_vision_blocks
 from megatron_sail.models.init import initialize_weights
@@ -164,11 +165,11 @@ class Trainer:
         self.tokenizer = tokenizer
         self.data = None  # the real-data loader (data.dataset=blend)
         if cfg.data.dataset == "blend":
-            # One rank per model-parallel group (TP x PP) decodes; the others receive.
+            # One rank per data-parallel replica (TP x PP x CP) decodes; the others receive.
             self.data = build_batches(cfg, tokenizer, cfg.data.blend, dp_rank, self.layout.dp,
                                       parallel_state.get_data_parallel_group(),
                                       state=common.get("data"),
-                                      share_group=parallel_state.get_model_parallel_group())
+                                      share_group=data_sharing_group())
             self.val_batches = {}
         else:
             self.batches = GlobalBatches(_dataset(cfg, tokenizer, "train"),
@@ -278,7 +279,7 @@ class Trainer:
         batches = build_batches(cfg, self.tokenizer, cfg.data.valid_blend,
                                 parallel_state.get_data_parallel_rank(), self.layout.dp,
                                 parallel_state.get_data_parallel_group(), num_workers=0,
-                                share_group=parallel_state.get_model_parallel_group())
+                                share_group=data_sharing_group())
         loss_sum = tokens = 0.0
         for _ in range(cfg.train.eval_iters):
             microbatches = batches.next_global_batch().microbatches
@@ -310,7 +311,8 @@ class Trainer:
         cfg, state = self.cfg, self.state
         train = cfg.train
         lay = self.layout
-        _print0(f"layout: world {lay.world_size} = TP {lay.tp} x PP {lay.pp} x DP {lay.dp}"
+        _print0(f"layout: world {lay.world_size} = TP {lay.tp} x PP {lay.pp}"
+                f"{f' x CP {lay.cp}' if lay.cp > 1 else ''} x DP {lay.dp}"
                 f" (VPP {lay.vpp}, SP {lay.sequence_parallel}, vision TP {lay.vision_tp}),"
                 f" {lay.num_microbatches} micro-batches/step, output {self.output_dir}")
         progress = Progress(state.iteration, train.train_iters)
