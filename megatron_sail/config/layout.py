@@ -256,7 +256,7 @@ def _context_parallel_errors(cfg: SailConfig, cp: int, sp_tp: int, errors: list[
         errors.append(f"data.seq_length={data.seq_length} must be divisible by {what} = {split} "
                       f"(load-balanced chunks for causal attention)")
     multiple = segment_pad_multiple(cfg)
-    if not data.packing:
+    if not (data.packing and data.dataset == "blend"):  # only real data is packed
         return multiple
     if cp > 1 and multiple % (2 * cp):
         errors.append(f"data.segment_pad_multiple={multiple} must be a multiple of 2 x "
