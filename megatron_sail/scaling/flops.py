@@ -14,7 +14,10 @@ Conventions (also returned by ``Conventions.describe`` so every report states th
   (1x its weight matmuls, 2x its attention matmuls, which have two activation inputs); a frozen
   module with nothing trainable before it has no backward. The patch-embedding conv never
   needs an input gradient (pixels);
-- activation recompute is not counted: these are model FLOPs (MFU), not hardware FLOPs.
+- activation recompute is not counted: these are model FLOPs (MFU), not hardware FLOPs;
+- context parallelism changes no model FLOPs (the load-balanced chunks split the causal
+  attention evenly; MFU divides by all ranks, CP included); the ViT, which every CP rank runs
+  whole, is counted once - its repeats are hardware FLOPs, like recompute.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ class Conventions:
             "backward": "trainable: 2x forward; frozen after a trainable part: input gradients "
                         "only; frozen with nothing trainable before it: none",
             "recompute": "not counted (model FLOPs)",
+            "context_parallel": "no change; the ViT repeated on every CP rank counts once",
         }
 
 

@@ -12,7 +12,9 @@ What is counted, and why:
   fused SDPA attention; ``local-unfused``: the same with Megatron's unfused attention, which
   stores the S x S probabilities; ``te``: Transformer Engine with flash attention), times the micro-batches a 1F1B pipeline stage holds (``pp - stage``),
   tensor-parallel terms divided by TP and the rest too with sequence parallelism; a frozen
-  part before everything trainable saves nothing;
+  part before everything trainable saves nothing; context parallelism divides the LLM's
+  tokens by CP, but the local spec's attention keeps its all-gathered keys and values
+  (``cp_gathered_kv_bytes``), and the ViT runs whole on every CP rank;
 - extras: the logits/cross-entropy working set on the last stage, Megatron's attention score
   buffer (local-unfused), and the batch (on CPU the whole per-rank batch is built up front).
 Not counted: allocator fragmentation, CUDA/NCCL workspaces, optimizer-step temporaries.
@@ -43,10 +45,11 @@ class Parallel:
     distributed_optimizer: bool = True
     llm_recompute: Optional[str] = None  # None | selective | full
     vision_recompute: Optional[str] = None
+    cp: int = 1  # context parallel size
 
     @property
     def world(self) -> int:
-        return self.tp * self.pp * self.dp
+        return self.tp * self.pp * self.cp * self.dp
 
     @property
     def sp(self) -> bool:
@@ -252,6 +255,21 @@ def _sample_data_bytes(work: Workload, seq: int) -> float:
     return seq * (3 * 8 + 4) + work.tiles * 3 * work.image_size ** 2 * 4
 
 
+def cp_gathered_kv_bytes(llm: LLMShape, par: Parallel, seq: int, d: int, kernels: str,
+                         recompute: Optional[str]) -> float:
+    """Bytes per layer and sequence that the local spec's all-gather-KV attention saves beyond
+    what ``llm_layer_act`` counts for the rank's own tokens: each of its two chunks attends to
+    the keys and values of its causal prefix, (2 CP + 1) / (2 CP) of the sequence together,
+    repeated to all query heads under GQA (for SDPA). Transformer Engine's ring attention
+    keeps only its own chunks; full recompute keeps only layer inputs."""
+    if par.cp == 1 or kernels == "te" or recompute == "full":
+        return 0.0
+    t = par.tp
+    per_key = 2 * d * (llm.q_dim if llm.heads != llm.kv_heads else llm.kv_dim) / t
+    prefix = seq * (2 * par.cp + 1) / (2 * par.cp)
+    return per_key * (prefix - seq / par.cp)
+
+
 def estimate(shape: ModelShape, par: Parallel, work: Workload) -> list[StageMemory]:
     """Memory of every pipeline stage (the first rank of each; TP/DP ranks hold the same)."""
     llm, vit = shape.llm, shape.vision
@@ -260,7 +278,7 @@ def estimate(shape: ModelShape, par: Parallel, work: Workload) -> list[StageMemo
     layers = stage_layers(llm.num_layers, par.pp, par.first_stage_llm_layers)
     microbatches = work.global_batch_size // (work.micro_batch_size * par.dp)
     mbs, seq = work.micro_batch_size, work.seq_length
-    tokens = mbs * seq
+    tokens = mbs * seq / par.cp  # the LLM's tokens on this rank (all of them without CP)
     patches = mbs * work.tiles * vit.patches_per_tile
     merged = mbs * work.tiles * shape.tokens_per_tile
     vocab = padded_vocab_size(llm.vocab) / par.tp
@@ -288,7 +306,7 @@ def estimate(shape: ModelShape, par: Parallel, work: Workload) -> list[StageMemo
             mem.params += elements * d
             if trains[part]:
                 mem.grads += elements * 4
-                dense_shard = par.dp if par.distributed_optimizer else 1
+                dense_shard = par.dp * par.cp if par.distributed_optimizer else 1
                 expert_shard = par.expert_dp if par.distributed_optimizer else 1
                 mem.optimizer += opt_bytes * (p.dense / dense_shard + p.expert / expert_shard)
 
@@ -296,6 +314,8 @@ def estimate(shape: ModelShape, par: Parallel, work: Workload) -> list[StageMemo
         hs = par.tp if par.sp else 1
         per_mb = n_layers * tokens * llm_layer_act(llm, par, seq, d, work.kernels,
                                                     par.llm_recompute, trains["llm"])
+        per_mb += n_layers * mbs * cp_gathered_kv_bytes(llm, par, seq, d, work.kernels,
+                                                        par.llm_recompute)
         # Transients at the peak, whichever is largest: a layer re-run by full recompute,
         # unfused attention's backward working set, the logits next to the softmax.
         transients = [0.0]
@@ -374,7 +394,7 @@ def from_config(cfg, world_size: int, device: str = "gpu") -> tuple[ModelShape, 
                    sequence_parallel=lay.sequence_parallel,
                    distributed_optimizer=p.use_distributed_optimizer,
                    llm_recompute=cfg.model.llm_recompute,
-                   vision_recompute=cfg.model.vision_recompute)
+                   vision_recompute=cfg.model.vision_recompute, cp=lay.cp)
     shape = shape_from_config(cfg)
     work = Workload(seq_length=cfg.data.seq_length, tiles=SYNTHETIC_TILES_PER_SAMPLE,
                     micro_batch_size=cfg.train.micro_batch_size,
