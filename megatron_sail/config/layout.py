@@ -255,6 +255,15 @@ def _context_parallel_errors(cfg: SailConfig, cp: int, sp_tp: int, errors: list[
         what = f"2 x context_parallel_size{' x tensor_model_parallel_size' if sp_tp > 1 else ''}"
         errors.append(f"data.seq_length={data.seq_length} must be divisible by {what} = {split} "
                       f"(load-balanced chunks for causal attention)")
+    comm = cfg.parallel.cp_comm_type
+    if comm is not None and cfg.model.transformer_impl != "transformer_engine":
+        errors.append(f"parallel.cp_comm_type={comm} chooses Transformer Engine's CP attention; "
+                      f"the local spec always all-gathers keys and values (leave it unset)")
+    llm = cfg.model.llm
+    if cp > 1 and comm == "a2a" and (llm.num_attention_heads // max(1, cfg.parallel.
+                                                                    tensor_model_parallel_size)) % cp:
+        errors.append(f"parallel.cp_comm_type=a2a needs the attention heads per TP rank to be "
+                      f"divisible by context_parallel_size={cp}")
     multiple = segment_pad_multiple(cfg)
     if not (data.packing and data.dataset == "blend"):  # only real data is packed
         return multiple

@@ -80,9 +80,9 @@ class ParallelConfig:
     # Context parallelism: each rank of a CP group holds 2 of the 2 x CP load-balanced chunks
     # of every sequence (packed rows: of every sample).
     context_parallel_size: int = num(1, ge=1)
-    # How Transformer Engine's attention exchanges keys/values under CP (the local spec always
-    # all-gathers them): p2p (ring), a2a (Ulysses), allgather, or a2a+p2p (hierarchical).
-    cp_comm_type: Literal["p2p", "a2a", "allgather", "a2a+p2p"] = "p2p"
+    # How Transformer Engine's attention exchanges keys/values under CP: p2p (ring), a2a
+    # (Ulysses), allgather. None: p2p. The local spec always all-gathers them (set none).
+    cp_comm_type: Optional[Literal["p2p", "a2a", "allgather"]] = None
 
 
 @dataclass

@@ -88,7 +88,7 @@ def collate_packed(samples: Sequence[dict], seq_length: int, pad_id: int,
     segments = lengths + ([pad] if pad else [])
     cu_seqlens = _cumulative(segments)
     unpadded = None
-    if lengths != real:
+    if segment_multiple > 1:  # always both under CP: TE's THD attention reads the padded ones
         # Transformer Engine's convention: cumulative real lengths (the trailing padding
         # segment counted whole), so they end short of seq_length.
         unpadded = _cumulative(real + ([pad] if pad else []))

@@ -157,7 +157,7 @@ def llm_config(cfg: SailConfig, layout: Layout) -> TransformerConfig:
         context_parallel_size=layout.cp,
         # Transformer Engine's CP attention exchanges K/V this way; the local spec's
         # LocalCoreAttention always all-gathers them.
-        cp_comm_type=(cfg.parallel.cp_comm_type
+        cp_comm_type=((cfg.parallel.cp_comm_type or "p2p")
                       if cfg.model.transformer_impl == "transformer_engine" else None),
         **_moe(cfg, layout),
         **_recompute(cfg.model.llm_recompute),

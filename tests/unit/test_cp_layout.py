@@ -48,3 +48,24 @@ def test_segment_pad_multiple_must_fit_cp():
 def test_cp_comm_type_is_a_checked_choice():
     with pytest.raises(ConfigError, match="cp_comm_type"):
         load_config(TINY, ["parallel.cp_comm_type=ring"])
+
+
+def test_cp_comm_type_is_for_transformer_engine_only():
+    with pytest.raises(ConfigError, match=r"parallel.cp_comm_type=a2a chooses Transformer "
+                                          r"Engine's CP attention"):
+        _layout(2, "parallel.context_parallel_size=2", "parallel.cp_comm_type=a2a")
+
+
+def test_transformer_engine_config_carries_cp_and_its_comm_type():
+    """What Megatron-Core's TE attention is built from (TE itself cannot run here): the LLM
+    config has the CP size and the chosen exchange; the ViT's has no CP."""
+    from megatron_sail.models.builder import llm_config, vision_config
+
+    cfg = load_config(TINY, ["model.transformer_impl=transformer_engine",
+                             "parallel.context_parallel_size=2", "parallel.cp_comm_type=a2a"])
+    layout = resolve_layout(cfg, 2, cuda_available=True, te_available=True)
+    llm = llm_config(cfg, layout)
+    assert (llm.context_parallel_size, llm.cp_comm_type) == (2, "a2a")
+    assert vision_config(cfg, layout).context_parallel_size == 1
+    local = load_config(TINY, ["parallel.context_parallel_size=2"])
+    assert llm_config(local, resolve_layout(local, 2)).cp_comm_type is None
