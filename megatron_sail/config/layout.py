@@ -255,6 +255,10 @@ def _context_parallel_errors(cfg: SailConfig, cp: int, sp_tp: int, errors: list[
         what = f"2 x context_parallel_size{' x tensor_model_parallel_size' if sp_tp > 1 else ''}"
         errors.append(f"data.seq_length={data.seq_length} must be divisible by {what} = {split} "
                       f"(load-balanced chunks for causal attention)")
+    if cp > 1 and cfg.model.llm.is_moe:
+        errors.append("parallel.context_parallel_size > 1 with a Mixture-of-Experts LLM is not "
+                      "supported yet: the balancing losses' scaling and routing statistics over "
+                      "CP ranks are unverified")
     comm = cfg.parallel.cp_comm_type
     if comm is not None and cfg.model.transformer_impl != "transformer_engine":
         errors.append(f"parallel.cp_comm_type={comm} chooses Transformer Engine's CP attention; "

@@ -69,3 +69,8 @@ def test_transformer_engine_config_carries_cp_and_its_comm_type():
     assert vision_config(cfg, layout).context_parallel_size == 1
     local = load_config(TINY, ["parallel.context_parallel_size=2"])
     assert llm_config(local, resolve_layout(local, 2)).cp_comm_type is None
+
+
+def test_cp_with_moe_is_refused_until_verified():
+    with pytest.raises(ConfigError, match="Mixture-of-Experts LLM is not supported yet"):
+        _layout(2, "model.preset=tiny-moe", "parallel.context_parallel_size=2")
