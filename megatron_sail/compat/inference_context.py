@@ -10,7 +10,9 @@ Written for megatron-core 0.16.1-0.19.x, where these held unchanged:
   and attends to slots ``[: sequence_len_offset + s]``; rotary positions are the slots.
   Past the first slot (``sequence_len_offset > 0``) attention drops its causal mask type and
   applies the ``attention_mask`` it is given (True where masked);
-- ``materialize_only_last_token_logits`` makes the output layer see the last position only;
+- ``materialize_only_last_token_logits`` makes the output layer see the last position only:
+  an attribute of the context up to 0.18, of its ``config`` (an ``InferenceConfig``) in 0.19
+  (found by feature detection in ``_flag_owner``);
 - ``GPTModel.forward(..., inference_context=, runtime_gather_output=)``: with a context the
   model asserts that logits are gathered over TP.
 
@@ -32,10 +34,10 @@ def check() -> None:
     from megatron.core.transformer.attention import Attention
 
     ctx = StaticInferenceContext(2, 4)
-    for name in ("sequence_len_offset", "batch_size_offset", "key_value_memory_dict",
-                 "materialize_only_last_token_logits"):
+    for name in ("sequence_len_offset", "batch_size_offset", "key_value_memory_dict"):
         if not hasattr(ctx, name):
             raise RuntimeError(f"StaticInferenceContext has no attribute {name!r}")
+    _flag_owner(ctx)
     params = inspect.signature(GPTModel.forward).parameters
     for name in ("inference_context", "runtime_gather_output"):
         if name not in params:
@@ -59,7 +61,17 @@ def place(ctx, first_slot: int, first_row: int, only_last_logits: bool) -> None:
     last position's logits."""
     ctx.sequence_len_offset = first_slot
     ctx.batch_size_offset = first_row
-    ctx.materialize_only_last_token_logits = only_last_logits
+    _flag_owner(ctx).materialize_only_last_token_logits = only_last_logits
+
+
+def _flag_owner(ctx):
+    """What holds ``materialize_only_last_token_logits``: the context's config (0.19) or the
+    context itself (0.16.1-0.18.x)."""
+    for owner in (getattr(ctx, "config", None), ctx):
+        if owner is not None and hasattr(owner, "materialize_only_last_token_logits"):
+            return owner
+    raise RuntimeError("StaticInferenceContext has no materialize_only_last_token_logits "
+                       "(on itself or its config)")
 
 
 def kv_buffers(ctx) -> Iterator[torch.Tensor]:

@@ -86,6 +86,21 @@ def tiles_of_rows(prompts: Sequence[Sequence[int]], pixel_values: Optional[torch
     return out
 
 
+def _check_masks_honoured(chunks) -> None:
+    """Ragged or sequence-parallel batches rely on explicit attention masks in passes where
+    Megatron's cache sets the mask type to ``no_mask``; ``LocalCoreAttention`` applies a mask
+    it is given whatever the type, Transformer Engine's attention ignores it then."""
+    from megatron_sail.models.attention import LocalCoreAttention
+
+    for chunk in chunks:
+        for name, module in chunk.named_modules():
+            if name.startswith("language_model.") and name.endswith("core_attention") \
+                    and not isinstance(module, LocalCoreAttention):
+                raise ValueError(f"the KV cache on ragged or sequence-parallel batches needs "
+                                 f"the local attention (model.transformer_impl=local), not "
+                                 f"{type(module).__name__}; use use_kv_cache=False")
+
+
 class CachedSteps:
     def __init__(self, chunks, layout, prompts: Sequence[Sequence[int]],
                  pixel_values: Optional[torch.Tensor], vocab_size: int, pad_id: int,
@@ -100,6 +115,8 @@ class CachedSteps:
         self.step_width = layout.tp if layout.sequence_parallel else 1
         self.ragged = any(len(p) < self.longest for p in self.prompts)
         self.slot = self.longest   # where the next decode step's tokens go
+        if self.ragged or self.step_width > 1:
+            _check_masks_honoured(chunks)
         self.context = kv.new_context(len(prompts), self.longest + max_new_tokens
                                       + self.step_width)
 
