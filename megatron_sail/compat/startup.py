@@ -28,6 +28,7 @@ CHECKED_MODULES = (
     "megatron_sail.compat.shared_memory",
     "megatron_sail.compat.safe_checkpoint_load",
     "megatron_sail.compat.local_attention_cp",
+    "megatron_sail.compat.inference_context",
 )
 
 _checked = False

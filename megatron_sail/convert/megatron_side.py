@@ -283,8 +283,11 @@ def mismatches_everywhere(local: list[str]) -> list[str]:
 
 
 def is_logits_writer() -> bool:
+    """The one rank that holds the logits: last stage, TP rank 0, first data-parallel replica
+    (generation with EP > 1 runs data-parallel replicas of the dense part on the same batch)."""
     return (parallel_state.is_pipeline_last_stage(ignore_virtual=True)
-            and parallel_state.get_tensor_model_parallel_rank() == 0)
+            and parallel_state.get_tensor_model_parallel_rank() == 0
+            and parallel_state.get_data_parallel_rank() == 0)
 
 
 @torch.no_grad()
@@ -321,3 +324,39 @@ def forward_logits(chunks, layout: Layout, input_ids: torch.Tensor,
         return None
     logits = gather_from_tensor_model_parallel_region(out)
     return logits[:, :length, :vocab_size].float()
+
+
+@torch.no_grad()
+def forward_cached(chunks, layout: Layout, input_ids: torch.Tensor,
+                   pixel_values: Optional[torch.Tensor], context, first_slot: int,
+                   attention_mask: Optional[torch.Tensor], vocab_size: int
+                   ) -> Optional[torch.Tensor]:
+    """One step of generation with a KV cache: ``input_ids`` [b, s] are the tokens at slots
+    ``first_slot..`` of the rows the context is placed at (``compat.inference_context.place``);
+    full-vocabulary fp32 logits [b, s or 1, vocab_size] on the last pipeline stage, else None.
+    With PP the step goes through the same forward-only schedule as ``forward_logits``, with
+    this step's sequence length. ``s`` must already be a multiple of TP under sequence
+    parallelism."""
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    b, length = input_ids.shape
+    positions = torch.arange(first_slot, first_slot + length).unsqueeze(0).expand(b, -1)
+    kwargs = {"pixel_values": pixel_values, "attention_mask": attention_mask,
+              "inference_context": context}
+    for chunk in chunks:
+        chunk.eval()   # Megatron's attention uses the cache only outside training mode
+    if layout.pp == 1:
+        out = chunks[0](input_ids, positions.contiguous(), **kwargs)
+    else:
+        def step(data_iterator, model):
+            ids, pos = next(data_iterator)
+            return model(ids, pos, **kwargs), lambda output, non_loss_data=False: output
+
+        store = get_forward_backward_func()(
+            forward_step_func=step, data_iterator=iter([(input_ids, positions.contiguous())]),
+            model=chunks, num_microbatches=1, seq_length=length, micro_batch_size=b,
+            forward_only=True, collect_non_loss_data=True)
+        out = store[0] if parallel_state.is_pipeline_last_stage(ignore_virtual=True) else None
+    if out is None or not parallel_state.is_pipeline_last_stage(ignore_virtual=True):
+        return None
+    return out[..., :vocab_size].float()   # gathered over TP by the model (inference mode)

@@ -55,17 +55,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="prompts generated together")
     p.add_argument("--tp", type=int, default=1)
     p.add_argument("--pp", type=int, default=1)
+    p.add_argument("--ep", type=int, default=1, help="expert parallelism (MoE)")
+    p.add_argument("--no-kv-cache", action="store_true",
+                   help="re-run the whole sequence every step (the reference path; slower)")
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     return p
 
 
-def _options(ns, eos: tuple[int, ...], tokenizer=None):
+def _options(ns, eos: tuple[int, ...], tokenizer=None, stream_tokenizer=None):
     from megatron_sail.generation.runner import GenerateOptions
 
     return GenerateOptions(max_new_tokens=ns.max_new_tokens, temperature=ns.temperature,
                            top_p=ns.top_p, top_k=ns.top_k, seed=ns.seed, eos_token_ids=eos,
                            img_context_token_id=ns.img_context_token_id, tp=ns.tp, pp=ns.pp,
-                           dtype=ns.dtype, batch_size=ns.batch_size,
+                           ep=ns.ep, kv_cache=not ns.no_kv_cache, dtype=ns.dtype,
+                           batch_size=ns.batch_size, stream_tokenizer=stream_tokenizer,
                            progress=ns.input is not None,
                            vocab_limit=None if tokenizer is None else tokenizer.vocab_size)
 
@@ -128,8 +132,9 @@ def tokenizer_and_config(ns):
 def _prompt(ns) -> int:
     import os
 
+    from megatron_sail.generation.loading import tokenizer_source
     from megatron_sail.generation.prompts import SampleError, encode_prompt, prompt_record
-    from megatron_sail.generation.runner import run_generation
+    from megatron_sail.generation.runner import open_model, run_generation
 
     for flag, path in [("--image", i) for i in ns.image] + [("--video", ns.video)] * bool(ns.video):
         if not os.path.isfile(path):
@@ -145,8 +150,11 @@ def _prompt(ns) -> int:
                                prompt_record(obj, "--prompt", None, None, ns.thinking))
     except SampleError as exc:
         raise GenerateError(str(exc)) from None
-    result = run_generation(ns.ckpt, [prompt.ids], prompt.pixel_values, _options(ns, eos, tokenizer))
-    print(answer_text(tokenizer, result.generated[0], eos))
+    ckpt_dir, _ = open_model(ns.ckpt)
+    source = tokenizer_source(ckpt_dir, cfg.data.tokenizer, ns.tokenizer)
+    # the rank that picks the tokens prints the answer as they arrive
+    run_generation(ns.ckpt, [prompt.ids], prompt.pixel_values,
+                   _options(ns, eos, tokenizer, stream_tokenizer=source))
     return 0
 
 
@@ -228,17 +236,13 @@ def _jsonl(ns) -> int:
 
 
 def main(argv: list[str]) -> int:
+    """User errors (checkpoint, config, record, option) are reported by ``sail``'s main."""
     ns = _parser().parse_args(argv)
     from megatron_sail.convert.outputs import exit_on_sigterm
-    from megatron_sail.errors import report_error
 
-    try:
-        with exit_on_sigterm():
-            if ns.inputs:
-                return _raw(ns)
-            if ns.input:
-                return _jsonl(ns)
-            return _prompt(ns)
-    except UserError as exc:   # checkpoint, config, record and option errors alike
-        report_error("generate", str(exc))
-        return 2
+    with exit_on_sigterm():
+        if ns.inputs:
+            return _raw(ns)
+        if ns.input:
+            return _jsonl(ns)
+        return _prompt(ns)

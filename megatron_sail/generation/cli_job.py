@@ -26,6 +26,7 @@ def run_job(spec: dict, cfg, layout, chunks) -> dict:
     tiles = tiles_per_prompt(prompts, pixels, img_id, cfg.model.vision.patch_size)
     batch, writer = spec["batch_size"], is_logits_writer()
     vocab = min(cfg.model.llm.vocab_size, spec.get("vocab_limit") or cfg.model.llm.vocab_size)
+    stream = _stream(spec) if writer else None
     out: list[list[int]] = []
     start = time.perf_counter()
     tile0 = 0
@@ -38,15 +39,35 @@ def run_job(spec: dict, cfg, layout, chunks) -> dict:
                         max_new_tokens=spec["max_new_tokens"], temperature=spec["temperature"],
                         top_p=spec["top_p"], top_k=spec["top_k"], seed=spec["seed"] + first,
                         eos_token_ids=tuple(spec["eos_token_ids"]), img_context_token_id=img_id,
-                        vocab_size=vocab, pad_id=spec["pad_id"])
+                        vocab_size=vocab, pad_id=spec["pad_id"],
+                        use_kv_cache=spec.get("kv_cache", True),
+                        on_step=None if stream is None else lambda step: stream.add(step[0]))
         if writer and spec.get("progress"):
-            seconds = time.perf_counter() - start
-            tokens = sum(len(g) for g in out)
-            group = spec.get("group", 1)   # rollouts per record: progress counts records
-            unit = "records" if group > 1 else "prompts"
-            done = len(out) // group
-            print(f"generated {done}/{len(prompts) // group} {unit}, {tokens} tokens, "
-                  f"{tokens / max(seconds, 1e-9):.1f} tokens/s, "
-                  f"{done / max(seconds, 1e-9):.2f} {unit}/s", file=sys.stderr, flush=True)
+            _progress(out, len(prompts), spec.get("group", 1), time.perf_counter() - start)
+    if stream is not None:
+        stream.finish()
     seconds = time.perf_counter() - start
     return {"generated": out, "seconds": seconds} if writer else {}
+
+
+def _stream(spec: dict):
+    """The one prompt's answer printed as it arrives (``sail generate --prompt``)."""
+    if not spec.get("stream_tokenizer"):
+        return None
+    from megatron_sail.data.hf_tokenizer import load_tokenizer
+    from megatron_sail.generation.streaming import TextStream
+
+    if len(spec["prompts"]) != 1:
+        raise ValueError("streaming prints one prompt's answer")
+    return TextStream(load_tokenizer(spec["stream_tokenizer"]), spec["eos_token_ids"])
+
+
+def _progress(out: list[list[int]], prompts: int, group: int, seconds: float) -> None:
+    """One line per batch: prompts (or records of ``group`` rollouts) done, tokens/s, ETA."""
+    tokens = sum(len(g) for g in out)
+    unit = "records" if group > 1 else "prompts"
+    done, total = len(out) // group, prompts // group
+    seconds = max(seconds, 1e-9)
+    eta = seconds * (total - done) / max(done, 1)
+    print(f"generated {done}/{total} {unit}, {tokens} tokens, {tokens / seconds:.1f} tokens/s, "
+          f"{done / seconds:.2f} {unit}/s, ETA {eta:.0f} s", file=sys.stderr, flush=True)

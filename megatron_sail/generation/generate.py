@@ -1,11 +1,9 @@
-"""Autoregressive generation on the Megatron model at any TP/PP, for ``sail generate`` and
+"""Autoregressive generation on the Megatron model at any TP/PP/EP, for ``sail generate`` and
 RL rollouts.
 
-Every step re-runs the whole batch (no KV cache): each row is its prompt plus the tokens
-generated so far, right-padded to the longest row. Attention is causal and positions are
-0..n-1 per row, so padding after a row's last token cannot change that token's logits - the
-same argument ``forward_logits`` uses for its sequence-parallel padding. The last pipeline
-stage (TP rank 0) picks the tokens and every rank receives them, so all ranks take the same
+The forward passes (with Megatron-Core's KV cache by default, or re-running the whole batch
+every step, the reference) are in ``steps``. The last pipeline stage (TP rank 0, first data-
+parallel replica) picks the tokens and every rank receives them, so all ranks take the same
 steps.
 """
 
@@ -35,7 +33,8 @@ def generate(model_chunks: list, layout, prompts: Sequence[Sequence[int]], *,
              temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int = 0,
              eos_token_ids: Sequence[int] = (), img_context_token_id: int, vocab_size: int,
              pad_id: int = 0,
-             on_step: Optional[Callable[[list[Optional[int]]], None]] = None) -> list[list[int]]:
+             on_step: Optional[Callable[[list[Optional[int]]], None]] = None,
+             use_kv_cache: bool = True) -> list[list[int]]:
     """New tokens for each prompt, each list ending at its first end token (inclusive) or after
     ``max_new_tokens``.
 
@@ -51,9 +50,12 @@ def generate(model_chunks: list, layout, prompts: Sequence[Sequence[int]], *,
       ``pad_id`` fills rows shorter than the longest (never attended to by real tokens).
     - ``on_step(tokens)``: after every step, the token each row received (None when that row
       had finished) - for streaming.
+    - ``use_kv_cache``: False re-runs the whole batch every step (the reference the cached
+      path is tested against; same tokens).
     """
 
-    from megatron_sail.convert.megatron_side import forward_logits, is_logits_writer
+    from megatron_sail.convert.megatron_side import is_logits_writer
+    from megatron_sail.generation.steps import CachedSteps, FullSteps
 
     params = SamplingParams(temperature, top_p, top_k)
     if max_new_tokens < 1:
@@ -66,37 +68,35 @@ def generate(model_chunks: list, layout, prompts: Sequence[Sequence[int]], *,
                          f"(id {img_context_token_id}) but there are no pixel_values")
     eos = set(int(t) for t in eos_token_ids)
     generator = torch.Generator().manual_seed(seed)
-    rows = [list(map(int, p)) for p in prompts]
-    new: list[list[int]] = [[] for _ in rows]
-    done = [False] * len(rows)
+    if use_kv_cache:
+        steps = CachedSteps(model_chunks, layout, prompts, pixel_values, vocab_size, pad_id,
+                            img_context_token_id, max_new_tokens)
+    else:
+        steps = FullSteps(model_chunks, layout, prompts, pixel_values, vocab_size, pad_id)
+    new: list[list[int]] = [[] for _ in prompts]
+    done = [False] * len(prompts)
     picker = is_logits_writer()
-    for _ in range(max_new_tokens):
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), pad_id, dtype=torch.int64)
-        for i, r in enumerate(rows):
-            ids[i, :len(r)] = torch.tensor(r, dtype=torch.int64)
-        logits = forward_logits(model_chunks, layout, ids, pixel_values, vocab_size, pad_id)
+    scores = steps.first()
+    for count in range(1, max_new_tokens + 1):
         picked = None
-        if picker and logits is not None:
-            last = torch.tensor([len(r) - 1 for r in rows])
-            scores = logits[torch.arange(len(rows)), last]
+        if picker and scores is not None:
             if 0 <= img_context_token_id < scores.shape[-1]:
                 # An image placeholder is never an answer, and fed back it would ask for tiles
                 # that do not exist (sampling an untrained model at temperature 1 picks it).
                 scores[:, img_context_token_id] = float("-inf")
             picked = next_tokens(scores, params, generator)
-        tokens = _share(picked, len(rows)).tolist()
+        tokens = _share(picked, len(prompts)).tolist()
         step: list[Optional[int]] = []
         for i, t in enumerate(tokens):
             if done[i]:
                 step.append(None)
                 continue
-            rows[i].append(t)
             new[i].append(t)
             step.append(t)
             done[i] = t in eos
         if on_step is not None:
             on_step(step)
-        if all(done):
+        if all(done) or count == max_new_tokens:
             break
+        scores = steps.next(tokens, done)
     return new

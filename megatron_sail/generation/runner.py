@@ -15,7 +15,8 @@ from safetensors.torch import save_file
 from megatron_sail.config import config_to_dict
 from megatron_sail.convert.errors import ConversionError
 from megatron_sail.convert.exporter import open_checkpoint
-from megatron_sail.convert.forward import DEFAULT_IMG_CONTEXT_ID, check_inputs, forward_config
+from megatron_sail.convert.forward import DEFAULT_IMG_CONTEXT_ID, check_inputs
+from megatron_sail.generation.loading import generation_config
 from megatron_sail.convert.procs import run_ranks
 from megatron_sail.generation.sampling import SamplingParams
 
@@ -31,11 +32,14 @@ class GenerateOptions:
     img_context_token_id: int = DEFAULT_IMG_CONTEXT_ID
     tp: int = 1
     pp: int = 1
+    ep: int = 1  # expert parallelism (MoE): tp * pp * ep rank processes
+    kv_cache: bool = True  # False: re-run the whole batch every step (the reference path)
     dtype: str = "fp32"
     vocab_limit: Optional[int] = None  # the tokenizer's vocabulary, when smaller than the model's
     batch_size: int = 8  # prompts generated together (a sampled batch's seed is seed + first row)
     progress: bool = False
     group: int = 1  # consecutive prompts that are one record's rollouts (progress in records)
+    stream_tokenizer: Optional[str] = None  # one prompt: its answer printed as it arrives
 
 
 @dataclass
@@ -83,7 +87,8 @@ def run_generation(ckpt: str | Path, prompts: list[list[int]],
         inputs["pixel_values"] = pixel_values
     check_inputs(inputs, cfg, opts.img_context_token_id)
     cfg.model.img_context_token_id = opts.img_context_token_id
-    cfg = forward_config(cfg, opts.tp, opts.pp, opts.dtype, longest + opts.max_new_tokens)
+    cfg = generation_config(cfg, opts.tp, opts.pp, opts.ep, opts.dtype,
+                            longest + opts.max_new_tokens)
     with tempfile.TemporaryDirectory(prefix="sail-generate-") as tmp:
         pixels = None
         if pixel_values is not None:
@@ -95,8 +100,9 @@ def run_generation(ckpt: str | Path, prompts: list[list[int]],
                 "temperature": opts.temperature, "top_p": opts.top_p, "top_k": opts.top_k,
                 "seed": opts.seed, "eos_token_ids": list(opts.eos_token_ids), "pad_id": pad,
                 "batch_size": opts.batch_size, "vocab_limit": opts.vocab_limit, "progress": opts.progress,
-                "group": opts.group}
-        results = run_ranks("generate", spec, opts.tp * opts.pp)
+                "group": opts.group, "kv_cache": opts.kv_cache,
+                "stream_tokenizer": opts.stream_tokenizer}
+        results = run_ranks("generate", spec, opts.tp * opts.pp * opts.ep)
     picked = next(r for r in results if "generated" in r)
     return Generation(picked["generated"], picked["seconds"])
 

@@ -121,6 +121,8 @@ class SailVLModel(MegatronModule):
         pixel_values: Optional[torch.Tensor] = None,
         packed_seq_params: Optional[PackedSeqParams] = None,
         image_grids: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        inference_context=None,
     ) -> torch.Tensor:
         """First stage: embeds and splices; last stage: per-token fp32 loss [b, s] when
         ``labels`` are given, else vocab-parallel logits [b, s, v/tp]; middle: hidden states.
@@ -128,13 +130,16 @@ class SailVLModel(MegatronModule):
         every sample boundary. ``image_grids`` [n, 2] (AnyRes): ``pixel_values`` are then the
         images' flattened patches [P, 3*14*14] with these (rows, cols) patch grids.
         Context parallelism: ``input_ids`` and ``position_ids`` are the whole row (the splice
-        needs every <IMG_CONTEXT> position), ``labels`` this CP rank's chunks of it."""
+        needs every <IMG_CONTEXT> position), ``labels`` this CP rank's chunks of it.
+        ``inference_context`` (generation's KV cache; ``attention_mask`` [b, 1, s, kv] True
+        where masked): logits come gathered over TP, as Megatron requires then."""
         decoder_input = (self._embed(input_ids, position_ids, pixel_values, image_grids,
                                      packed_seq_params)
                          if self.pre_process else None)
         output = self.language_model(
-            input_ids, position_ids, attention_mask=None, decoder_input=decoder_input,
-            packed_seq_params=packed_seq_params,
+            input_ids, position_ids, attention_mask=attention_mask, decoder_input=decoder_input,
+            packed_seq_params=packed_seq_params, inference_context=inference_context,
+            runtime_gather_output=True if inference_context is not None else None,
         )
         if not self.post_process or labels is None:
             return output

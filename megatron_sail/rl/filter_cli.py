@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Sequence
 
-from megatron_sail.errors import UserError, check_option_ranges, report_error
+from megatron_sail.errors import UserError, check_option_ranges
 
 REFERENCE_KEYS = ("reference", "answer")
 PASSES_KEY, K_KEY = "passes", "k"
@@ -161,16 +161,15 @@ def _filter(ns) -> int:
 
 
 def main(argv: list[str]) -> int:
+    """User errors (checkpoint, config, record, option) are reported by ``sail``'s main."""
     ns = _parser().parse_args(argv)
     from megatron_sail.convert.outputs import exit_on_sigterm
 
-    try:
-        with exit_on_sigterm():
-            return _filter(ns)
-    except UserError as exc:   # checkpoint, config, record and option errors alike
-        report_error("rl filter", str(exc))
-        return 2
+    with exit_on_sigterm():
+        return _filter(ns)
 
 
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+if __name__ == "__main__":   # through sail's main, which reports user errors
+    from megatron_sail.cli import main as sail_main
+
+    sys.exit(sail_main(["rl", "filter", *sys.argv[1:]]))

@@ -1,0 +1,81 @@
+"""Megatron-Core's static-batching KV cache, as generation drives it.
+
+Written for megatron-core 0.16.1-0.19.x, where these held unchanged:
+
+- ``StaticInferenceContext(max_batch_size, max_sequence_length)`` (module
+  ``inference.contexts.static_context``; the package ``__init__`` warns about other imports);
+- a forward with the context writes this step's keys/values at
+  ``[sequence_len_offset : +s, batch_size_offset : +b]`` of per-layer buffers
+  ``key_value_memory_dict[layer] = (keys, values)``, each ``[max_seq, max_batch, groups, dim]``,
+  and attends to slots ``[: sequence_len_offset + s]``; rotary positions are the slots.
+  Past the first slot (``sequence_len_offset > 0``) attention drops its causal mask type and
+  applies the ``attention_mask`` it is given (True where masked);
+- ``materialize_only_last_token_logits`` makes the output layer see the last position only:
+  an attribute of the context up to 0.18, of its ``config`` (an ``InferenceConfig``) in 0.19
+  (found by feature detection in ``_flag_owner``);
+- ``GPTModel.forward(..., inference_context=, runtime_gather_output=)``: with a context the
+  model asserts that logits are gathered over TP.
+
+The offsets are set directly rather than through ``increment_*`` so that a step padded for
+sequence parallelism can advance the cache by its real tokens only.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator
+
+import torch
+
+
+def check() -> None:
+    from megatron.core.inference.contexts.static_context import StaticInferenceContext
+    from megatron.core.models.gpt import GPTModel
+    from megatron.core.transformer.attention import Attention
+
+    ctx = StaticInferenceContext(2, 4)
+    for name in ("sequence_len_offset", "batch_size_offset", "key_value_memory_dict"):
+        if not hasattr(ctx, name):
+            raise RuntimeError(f"StaticInferenceContext has no attribute {name!r}")
+    _flag_owner(ctx)
+    params = inspect.signature(GPTModel.forward).parameters
+    for name in ("inference_context", "runtime_gather_output"):
+        if name not in params:
+            raise RuntimeError(f"GPTModel.forward takes no {name!r} argument")
+    source = inspect.getsource(Attention._adjust_key_value_for_inference)
+    for needle in ("key_value_memory_dict", "sequence_len_offset", "batch_size_offset",
+                   "AttnMaskType.no_mask"):
+        if needle not in source:
+            raise RuntimeError(f"Attention._adjust_key_value_for_inference no longer uses "
+                               f"{needle}")
+
+
+def new_context(max_batch: int, max_length: int):
+    from megatron.core.inference.contexts.static_context import StaticInferenceContext
+
+    return StaticInferenceContext(max_batch, max_length)
+
+
+def place(ctx, first_slot: int, first_row: int, only_last_logits: bool) -> None:
+    """Where the next forward writes its keys/values, and whether it materialises only the
+    last position's logits."""
+    ctx.sequence_len_offset = first_slot
+    ctx.batch_size_offset = first_row
+    _flag_owner(ctx).materialize_only_last_token_logits = only_last_logits
+
+
+def _flag_owner(ctx):
+    """What holds ``materialize_only_last_token_logits``: the context's config (0.19) or the
+    context itself (0.16.1-0.18.x)."""
+    for owner in (getattr(ctx, "config", None), ctx):
+        if owner is not None and hasattr(owner, "materialize_only_last_token_logits"):
+            return owner
+    raise RuntimeError("StaticInferenceContext has no materialize_only_last_token_logits "
+                       "(on itself or its config)")
+
+
+def kv_buffers(ctx) -> Iterator[torch.Tensor]:
+    """Every key and value buffer of this rank's layers, [max_seq, max_batch, groups, dim]."""
+    for keys, values in ctx.key_value_memory_dict.values():
+        yield keys
+        yield values
