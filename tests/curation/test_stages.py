@@ -9,7 +9,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from megatron_sail import cli
 from megatron_sail.curation.judge_prompts import parse_qa, render, score_1_5, yes_no
