@@ -22,6 +22,7 @@ sail flops --preset NAME --seq-length L [--tiles T] [--freeze ...] [--json]
 sail plan --preset NAME --gpus N [--gpu-mem 80]
 sail scaling sweep SWEEP.yaml | sail scaling fit RUN_DIR...
 sail data check PATH... | sail data prepare JSONL... --out DIR  (JSONL, shard dirs, blends)
+sail curate SPEC.yaml --out DIR [--workers N] [--shard I/N]  (data curation: filters, dedup, judges)
 sail soup CKPT CKPT... --out DIR [--weights w1,w2,...] [--force]
 sail recipe run|show|status|submit RECIPE.yaml|ROOT ...  (the SAIL-VL2 stage chain)
 every command answers --help"""
@@ -141,6 +142,7 @@ COMMANDS = {
     "scaling": _delegate("megatron_sail.scaling.cli"),
     "data": _delegate("megatron_sail.data.data_cli"),
     "soup": _delegate("megatron_sail.convert.soup_cli"),
+    "curate": _delegate("megatron_sail.curation.cli"),
     "recipe": _delegate("megatron_sail.recipe.cli"),
 }
 

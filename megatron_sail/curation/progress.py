@@ -1,0 +1,51 @@
+"""The console progress line of ``sail curate``: records done, records/s and the time left,
+rewritten in place on a terminal and printed every ~10% otherwise."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class RecordProgress:
+    def __init__(self, label: str, total: int, quiet: bool = False) -> None:
+        self.label, self.total, self.quiet = label, total, quiet
+        self.done, self.start = 0, time.monotonic()
+        self.tty = sys.stderr.isatty()
+        self.shown_decile = -1
+
+    def _print(self, text: str, final: bool = False) -> None:
+        if self.quiet:
+            return
+        if self.tty:
+            print(f"\r{text}\033[K", end="\n" if final else "", file=sys.stderr, flush=True)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def advance(self, records: int) -> None:
+        self.done += records
+        decile = 10 * self.done // max(self.total, 1)
+        if not self.tty and decile == self.shown_decile:
+            return
+        self.shown_decile = decile
+        elapsed = max(time.monotonic() - self.start, 1e-9)
+        rate = self.done / elapsed
+        left = (self.total - self.done) / rate if rate > 0 else 0.0
+        self._print(f"sail curate: {self.label}: {self.done}/{self.total} records, "
+                    f"{rate:.1f} records/s, ETA {_clock(left)}")
+
+    def waiting(self, done_chunks: int, chunks: int) -> None:
+        if done_chunks == getattr(self, "last_wait", None):
+            return
+        self.last_wait = done_chunks
+        self._print(f"sail curate: {self.label}: waiting for the other shards "
+                    f"({done_chunks}/{chunks} chunks done)")
+
+    def finish(self) -> None:
+        if self.tty and self.done and not self.quiet:
+            print(file=sys.stderr, flush=True)
