@@ -11,8 +11,9 @@ Written for megatron-core 0.16.1-0.19.x, where these held unchanged:
   Past the first slot (``sequence_len_offset > 0``) attention drops its causal mask type and
   applies the ``attention_mask`` it is given (True where masked);
 - ``materialize_only_last_token_logits`` makes the output layer see the last position only:
-  an attribute of the context up to 0.18, of its ``config`` (an ``InferenceConfig``) in 0.19
-  (found by feature detection in ``_flag_owner``);
+  an attribute of the context in 0.16.1, of its ``config`` (an ``InferenceConfig``) from 0.17
+  on (found by feature detection in ``_flag_owner``; sources of 0.17.1, 0.18.0 and 0.19.2 read
+  for the rest of this list);
 - ``GPTModel.forward(..., inference_context=, runtime_gather_output=)``: with a context the
   model asserts that logits are gathered over TP.
 
@@ -65,8 +66,8 @@ def place(ctx, first_slot: int, first_row: int, only_last_logits: bool) -> None:
 
 
 def _flag_owner(ctx):
-    """What holds ``materialize_only_last_token_logits``: the context's config (0.19) or the
-    context itself (0.16.1-0.18.x)."""
+    """What holds ``materialize_only_last_token_logits``: the context's config (0.17+) or the
+    context itself (0.16.1)."""
     for owner in (getattr(ctx, "config", None), ctx):
         if owner is not None and hasattr(owner, "materialize_only_last_token_logits"):
             return owner
