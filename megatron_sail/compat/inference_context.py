@@ -11,10 +11,15 @@ Written for megatron-core 0.16.1-0.19.x, where these held unchanged:
   Past the first slot (``sequence_len_offset > 0``) attention drops its causal mask type and
   applies the ``attention_mask`` it is given (True where masked);
 - ``materialize_only_last_token_logits`` makes the output layer see the last position only:
-  an attribute of the context up to 0.18, of its ``config`` (an ``InferenceConfig``) in 0.19
-  (found by feature detection in ``_flag_owner``);
-- ``GPTModel.forward(..., inference_context=, runtime_gather_output=)``: with a context the
-  model asserts that logits are gathered over TP.
+  an attribute of the context in 0.16.1, of its ``config`` (an ``InferenceConfig``) from 0.17
+  on (found by feature detection in ``_flag_owner``; sources of 0.17.1, 0.18.0 and 0.19.2 read
+  for the rest of this list);
+- ``GPTModel.forward(..., inference_context=, runtime_gather_output=)``: in inference mode the
+  model asserts that logits are gathered over TP;
+- inference mode: a context outside training mode up to 0.17; from 0.18 on the model also asks
+  the process-wide ``inference.utils.InferenceMode`` flag (keeping only the last position's
+  logits, among others), which Megatron's engines set around their forward passes -
+  ``active()`` does the same where it exists.
 
 The offsets are set directly rather than through ``increment_*`` so that a step padded for
 sequence parallelism can advance the cache by its real tokens only.
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterator
+from contextlib import nullcontext
 
 import torch
 
@@ -42,6 +48,12 @@ def check() -> None:
     for name in ("inference_context", "runtime_gather_output"):
         if name not in params:
             raise RuntimeError(f"GPTModel.forward takes no {name!r} argument")
+    try:
+        from megatron.core.inference.utils import InferenceMode
+    except ImportError:
+        InferenceMode = None
+    if InferenceMode is not None and not callable(getattr(InferenceMode, "active", None)):
+        raise RuntimeError("megatron.core.inference.utils.InferenceMode has no active()")
     source = inspect.getsource(Attention._adjust_key_value_for_inference)
     for needle in ("key_value_memory_dict", "sequence_len_offset", "batch_size_offset",
                    "AttnMaskType.no_mask"):
@@ -65,13 +77,22 @@ def place(ctx, first_slot: int, first_row: int, only_last_logits: bool) -> None:
 
 
 def _flag_owner(ctx):
-    """What holds ``materialize_only_last_token_logits``: the context's config (0.19) or the
-    context itself (0.16.1-0.18.x)."""
+    """What holds ``materialize_only_last_token_logits``: the context's config (0.17+) or the
+    context itself (0.16.1)."""
     for owner in (getattr(ctx, "config", None), ctx):
         if owner is not None and hasattr(owner, "materialize_only_last_token_logits"):
             return owner
     raise RuntimeError("StaticInferenceContext has no materialize_only_last_token_logits "
                        "(on itself or its config)")
+
+
+def active():
+    """Megatron's inference-mode flag set for a forward pass, where the release has one."""
+    try:
+        from megatron.core.inference.utils import InferenceMode
+    except ImportError:   # before 0.18 the context alone marks inference
+        return nullcontext()
+    return InferenceMode.active()
 
 
 def kv_buffers(ctx) -> Iterator[torch.Tensor]:

@@ -339,24 +339,27 @@ def forward_cached(chunks, layout: Layout, input_ids: torch.Tensor,
     parallelism."""
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
+    from megatron_sail.compat.inference_context import active
+
     b, length = input_ids.shape
     positions = torch.arange(first_slot, first_slot + length).unsqueeze(0).expand(b, -1)
     kwargs = {"pixel_values": pixel_values, "attention_mask": attention_mask,
               "inference_context": context}
     for chunk in chunks:
-        chunk.eval()   # Megatron's attention uses the cache only outside training mode
-    if layout.pp == 1:
-        out = chunks[0](input_ids, positions.contiguous(), **kwargs)
-    else:
-        def step(data_iterator, model):
-            ids, pos = next(data_iterator)
-            return model(ids, pos, **kwargs), lambda output, non_loss_data=False: output
+        chunk.eval()   # before megatron-core 0.18 the cache is used outside training mode only
+    with active():
+        if layout.pp == 1:
+            out = chunks[0](input_ids, positions.contiguous(), **kwargs)
+        else:
+            def step(data_iterator, model):
+                ids, pos = next(data_iterator)
+                return model(ids, pos, **kwargs), lambda output, non_loss_data=False: output
 
-        store = get_forward_backward_func()(
-            forward_step_func=step, data_iterator=iter([(input_ids, positions.contiguous())]),
-            model=chunks, num_microbatches=1, seq_length=length, micro_batch_size=b,
-            forward_only=True, collect_non_loss_data=True)
-        out = store[0] if parallel_state.is_pipeline_last_stage(ignore_virtual=True) else None
+            store = get_forward_backward_func()(
+                forward_step_func=step, data_iterator=iter([(input_ids, positions.contiguous())]),
+                model=chunks, num_microbatches=1, seq_length=length, micro_batch_size=b,
+                forward_only=True, collect_non_loss_data=True)
+            out = store[0] if parallel_state.is_pipeline_last_stage(ignore_virtual=True) else None
     if out is None or not parallel_state.is_pipeline_last_stage(ignore_virtual=True):
         return None
     return out[..., :vocab_size].float()   # gathered over TP by the model (inference mode)

@@ -152,6 +152,8 @@ def _prompt(ns) -> int:
         raise GenerateError(str(exc)) from None
     ckpt_dir, _ = open_model(ns.ckpt)
     source = tokenizer_source(ckpt_dir, cfg.data.tokenizer, ns.tokenizer)
+    if os.path.exists(source):   # the rank processes resolve it, maybe from elsewhere
+        source = os.path.abspath(source)
     # the rank that picks the tokens prints the answer as they arrive
     run_generation(ns.ckpt, [prompt.ids], prompt.pixel_values,
                    _options(ns, eos, tokenizer, stream_tokenizer=source))

@@ -60,7 +60,8 @@ def test_bad_parameters(kw):
 
 def test_generate_never_picks_the_image_placeholder(monkeypatch):
     """Logits that favour <IMG_CONTEXT> above all: generate() picks the next best token, greedy
-    and sampled (fed back, the placeholder would need tiles that do not exist)."""
+    and sampled (fed back, the placeholder would need tiles that do not exist). The pick is the
+    same code for both forward paths; the no-cache one is faked here."""
     from megatron_sail.convert import megatron_side
     from megatron_sail.generation.generate import generate
 
@@ -75,7 +76,8 @@ def test_generate_never_picks_the_image_placeholder(monkeypatch):
     monkeypatch.setattr(megatron_side, "is_logits_writer", lambda: True)
     for temperature in (0.0, 1.0):
         new = generate([None], None, [[0, 2], [2]], pixel_values=None, max_new_tokens=20,
-                       temperature=temperature, seed=0, img_context_token_id=img, vocab_size=6)
+                       temperature=temperature, seed=0, img_context_token_id=img, vocab_size=6,
+                       use_kv_cache=False)
         assert all(len(row) == 20 and img not in row for row in new), new
         if temperature == 0.0:
             assert new == [[best] * 20] * 2
