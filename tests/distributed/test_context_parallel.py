@@ -27,13 +27,20 @@ def _assert_same_run(actual: list[dict], expected: list[dict], iterations) -> No
         assert got[i]["consumed_samples"] == ref[i]["consumed_samples"]
 
 
-def test_synthetic_cp2_matches_single_process_and_resumes_at_cp1(sail, tmp_path):
+ITERS = ["train.train_iters=4", "checkpoint.save_interval=null"]
+
+
+@pytest.fixture(scope="module")
+def single(sail, tmp_path_factory):
+    out = tmp_path_factory.mktemp("single")
+    sail.train(out, *ITERS, nproc=1)
+    return sail.metrics(out)
+
+
+def test_synthetic_cp2_matches_single_process_and_resumes_at_cp1(sail, single, tmp_path):
     """Iterations 1-3 at CP=2 equal the single process; the checkpoint CP=2 saved at
     iteration 3 resumes at CP=1 (one process) into the single process's iteration 4."""
-    iters = ["train.train_iters=4", "checkpoint.save_interval=null"]
-    sail.train(tmp_path / "single", *iters, nproc=1)
-    reference = sail.metrics(tmp_path / "single")
-
+    iters, reference = ITERS, single
     run = tmp_path / "cp2"
     sail.train(run, *iters, *CP2, "train.exit_interval=3", nproc=2)
     assert [r["iteration"] for r in sail.metrics(run)] == [1, 2, 3]
@@ -43,6 +50,13 @@ def test_synthetic_cp2_matches_single_process_and_resumes_at_cp1(sail, tmp_path)
     resumed = sail.metrics(run)
     assert [r["iteration"] for r in resumed] == [1, 2, 3, 4]
     _assert_same_run(resumed, reference, [4])
+
+
+def test_pipeline_and_context_parallel_on_four_ranks(sail, single, tmp_path):
+    """PP=2 x CP=2: hidden states of each rank's chunks cross the pipeline (Megatron sizes
+    them seq / CP), every stage keeps its CP rank's chunks."""
+    sail.train(tmp_path, *ITERS, *CP2, "parallel.pipeline_model_parallel_size=2", nproc=4)
+    _assert_same_run(sail.metrics(tmp_path), single, [1, 2, 3, 4])
 
 
 @pytest.fixture(scope="module")
