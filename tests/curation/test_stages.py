@@ -168,3 +168,28 @@ def test_shard_directory_input(tmp_path):
     assert [r["id"] for r in kept] == ["s0", "s2"]
     assert dropped[0]["id"] == "s1" and dropped[0]["curation"]["reason"] == "duplicate_image"
     assert dropped[0]["curation"]["duplicate_of"].endswith("shards#0")
+
+
+@pytest.mark.parametrize("name", ["sail-caption2.yaml", "sail-video-qa.yaml", "caption-to-qa.yaml"])
+def test_example_specs_are_valid(name, tmp_path):
+    """The examples load (every key and rule checked) once their inputs exist."""
+    import shutil
+
+    from megatron_sail.curation.load import load_spec
+
+    source = Path(__file__).resolve().parents[2] / "examples" / "curation" / name
+    spec = tmp_path / "a" / "b" / name
+    spec.parent.mkdir(parents=True)
+    shutil.copy(source, spec)
+    for given in load_spec_inputs(source):
+        target = (spec.parent / given).resolve()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text("")
+    loaded = load_spec(spec)
+    assert [s.name for s in loaded.stages][0] in ("decodable", "caption_to_qa")
+
+
+def load_spec_inputs(path: Path) -> list[str]:
+    import yaml
+
+    return yaml.safe_load(path.read_text())["inputs"]
