@@ -193,3 +193,34 @@ def load_spec_inputs(path: Path) -> list[str]:
     import yaml
 
     return yaml.safe_load(path.read_text())["inputs"]
+
+
+def test_video_records_and_progress_line(tmp_path, capfd):
+    """Videos: a corrupt clip is undecodable, sizes come from the stream, a byte-identical clip
+    is a duplicate; the progress line reports records/s and the time left."""
+    from tests.data.media_fixtures import video_bytes
+
+    clip = video_bytes(frames=4, width=96, height=64, seed=1)
+    (tmp_path / "a.mp4").write_bytes(clip)
+    (tmp_path / "b.mp4").write_bytes(clip)
+    (tmp_path / "c.mp4").write_bytes(clip[: len(clip) // 3])
+    (tmp_path / "d.mp4").write_bytes(video_bytes(frames=4, width=96, height=64, seed=2))
+
+    def qa(rid, video, answer):
+        return {"id": rid, "video": video, "conversations": [
+            {"from": "human", "value": "<video>\nWhat happens?"}, {"from": "gpt", "value": answer}]}
+
+    records = [qa("a", "a.mp4", "Coloured noise flickers."), qa("b", "b.mp4", "Static changes fast."),
+               qa("c", "c.mp4", "A broken clip."), qa("d", "d.mp4", "Other noise flickers.")]
+    spec = _write(tmp_path, records, "  - {name: decodable, num_frames: 2}\n"
+                  "  - {name: resolution, min_side: 32}\n  - {name: dedup}\n")
+    capfd.readouterr()
+    assert cli.main(["curate", str(spec), "--out", str(tmp_path / "out")]) == 0
+    err = capfd.readouterr().err
+    assert "records/s, ETA" in err and "phase 1/1 (decodable, resolution, dedup): 4/4 records" in err
+    kept = [json.loads(line) for line in (tmp_path / "out/kept.jsonl").read_text().splitlines()]
+    dropped = [json.loads(line) for line in (tmp_path / "out/dropped.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in kept] == ["a", "d"]
+    assert {r["id"]: r["curation"]["reason"] for r in dropped} == {"b": "duplicate_video",
+                                                                   "c": "undecodable"}
+    assert kept[0]["curation"]["scores"]["min_side"] == 64
