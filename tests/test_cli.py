@@ -61,7 +61,7 @@ def test_usage(capsys):
     "train", "plot", "convert", "convert import-hf", "convert export-hf", "convert init-from",
     "convert verify", "forward", "slurm", "slurm submit", "slurm sweep", "slurm status", "flops",
     "plan", "scaling", "scaling sweep", "scaling fit", "data", "data check", "data prepare",
-    "rl", "rl filter"])
+    "rl", "rl filter", "curate", "slurm curate"])
 def test_every_command_answers_help(capsys, command):
     try:
         code = cli.main([*command.split(), "--help"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from megatron_sail.errors import UserError, check_option_ranges, report_error
@@ -48,6 +49,10 @@ def main(argv: list[str]) -> int:
     except KeyboardInterrupt:
         print("sail curate: interrupted; rerun the same command to continue", file=sys.stderr)
         return 130
+    except SystemExit as exc:   # SIGTERM (exit_on_sigterm): finished chunks are kept
+        if exc.code == 128 + signal.SIGTERM:
+            print("sail curate: terminated; rerun the same command to continue", file=sys.stderr)
+        raise
     print(f"sail curate: {report['in']} records: kept {report['kept']}, dropped "
           f"{report['dropped']} -> {ns.out}/kept.jsonl, dropped.jsonl, report.json")
     for stage in report["stages"]:

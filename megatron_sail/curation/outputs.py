@@ -37,7 +37,7 @@ def final_items(work: WorkDir, phases: list[Phase], chunk: Chunk) -> list[Item]:
     for phase in phases:
         items = list(read_items(work.chunk_file(phase.number, chunk.index)))
         if phase.global_stage is not None:
-            apply_decision(items, json.loads(work.decision_file(phase.number).read_text(encoding="utf-8")))
+            apply_decision(items, work.chunk_decision(phase.number, chunk.index))
         for item in items:
             if not item.alive or phase.number == len(phases):
                 out[item.i] = item

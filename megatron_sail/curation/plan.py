@@ -3,9 +3,10 @@ is kept under ``OUT/.curate`` so that a rerun skips it.
 
 A phase is the map stages up to the next global stage, plus that global stage's per-chunk
 features; its global decision follows once every chunk of the phase is done. Per chunk and
-phase one file holds the items that entered the phase; per global phase one decision file
-holds what the decision changed. Both are written atomically: a file that exists is finished
-work, and a killed run leaves only temporary files that the next run overwrites.
+phase one file holds the items that entered the phase; a global decision writes what it
+changed per chunk, then ``decision.json`` (its plot) as the mark that it is complete. All are
+written atomically: a file that exists is finished work, and a killed run leaves only
+temporary files that the next run overwrites.
 """
 
 from __future__ import annotations
@@ -73,6 +74,13 @@ class WorkDir:
 
     def decision_file(self, phase: int) -> Path:
         return self.phase_dir(phase) / "decision.json"
+
+    def chunk_decision_file(self, phase: int, chunk: int) -> Path:
+        return self.phase_dir(phase) / f"decision-{chunk:06d}.json"
+
+    def chunk_decision(self, phase: int, chunk: int) -> dict:
+        """What the global decision of ``phase`` changed in ``chunk``, by item index."""
+        return json.loads(self.chunk_decision_file(phase, chunk).read_text(encoding="utf-8"))
 
     def done(self, phase: int, chunk: int) -> bool:
         return self.chunk_file(phase, chunk).is_file()

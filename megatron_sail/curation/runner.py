@@ -9,7 +9,6 @@ work is a pure function of the spec, the inputs and the finished work before it.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
@@ -47,8 +46,7 @@ def _phases_of(spec_path: str) -> list[Phase]:
     return list(_LOADED[spec_path])
 
 
-def apply_decision(items: list[Item], decision: dict) -> None:
-    changes = decision["changes"]
+def apply_decision(items: list[Item], changes: dict) -> None:
     for item in items:
         change = changes.get(str(item.i))
         if change:
@@ -66,7 +64,7 @@ def phase_input(work: WorkDir, phases: list[Phase], number: int, chunk: Chunk) -
         return read_chunk(chunk)
     items = list(read_items(work.chunk_file(number - 1, chunk.index)))
     if phases[number - 2].global_stage is not None:
-        apply_decision(items, json.loads(work.decision_file(number - 1).read_text(encoding="utf-8")))
+        apply_decision(items, work.chunk_decision(number - 1, chunk.index))
     return [item for item in items if item.alive]
 
 
@@ -103,11 +101,15 @@ def decide(work: WorkDir, phase: Phase, chunks: list[Chunk]) -> None:
     if work.decision_file(phase.number).is_file():
         return
     position, stage = phase.global_stage
-    live = [item for c in chunks for item in read_items(work.chunk_file(phase.number, c.index))
-            if item.alive]
+    live, chunk_of = [], {}
+    for c in chunks:
+        for item in read_items(work.chunk_file(phase.number, c.index)):
+            if item.alive:
+                live.append(item)
+                chunk_of[item.i] = c.index
     before = {item.i: (dict(item.scores), dict(item.extra)) for item in live}
     plot = stage.decide(live)
-    changes = {}
+    changes: dict[int, dict] = {c.index: {} for c in chunks}
     for item in live:
         scores, extra = before[item.i]
         change = {}
@@ -120,8 +122,10 @@ def decide(work: WorkDir, phase: Phase, chunks: list[Chunk]) -> None:
         if item.drop is not None:
             change["drop"] = dict(item.drop, step=position)
         if change:
-            changes[str(item.i)] = change
-    write_json_atomic(work.decision_file(phase.number), {"changes": changes, "plot": plot})
+            changes[chunk_of[item.i]][str(item.i)] = change
+    for index, chunk_changes in changes.items():
+        write_json_atomic(work.chunk_decision_file(phase.number, index), chunk_changes)
+    write_json_atomic(work.decision_file(phase.number), {"plot": plot})   # last: complete
 
 
 # -- the whole run ----------------------------------------------------------------------------

@@ -8,7 +8,8 @@ import sys
 USAGE = """sail slurm submit CONFIG.yaml [key=value ...] --gpus-per-node G [--nodes N] [--ntasks-per-node K]
                  [--partition P] [--time T] [--account A] [--dry-run] [more: --help]
 sail slurm sweep SWEEP.yaml [key=value ...] --gpus-per-node G [...the same options]
-sail slurm status RUN_DIR|SWEEP_DIR [--json]"""
+sail slurm status RUN_DIR|SWEEP_DIR [--json]
+sail slurm curate SPEC.yaml --out DIR --array N --gpus-per-node G [--workers W] [...the same options]"""
 
 
 def _job_parser(prog: str, what: str) -> argparse.ArgumentParser:
@@ -76,6 +77,29 @@ def cmd_sweep(args: list[str]) -> int:
     return submit_sweep(load_sweep(ns.file), ns.overrides, _options(ns))
 
 
+def cmd_curate(args: list[str]) -> int:
+    import dataclasses
+
+    from megatron_sail.errors import UsageError
+    from megatron_sail.launch.curate_job import submit_curation
+
+    parser = _job_parser("sail slurm curate", "a curation (sail curate) as one array job")
+    parser.add_argument("--out", required=True, help="the curation's output directory")
+    parser.add_argument("--array", type=int, required=True,
+                        help="array elements: shards of the curation, all running at once")
+    parser.add_argument("--workers", type=int, default=1, help="local workers per element")
+    ns = parser.parse_intermixed_args(args)
+    if ns.overrides:
+        raise UsageError(f"unexpected arguments {ns.overrides} (a curation takes no overrides)")
+    if ns.gpus_per_node == 0 and ns.ntasks_per_node is None:
+        ns.ntasks_per_node = 1      # one task per element; the resources are per element
+    opts = _options(ns)
+    # Elements share nodes: no whole-node exclusivity or memory unless asked for.
+    request = dataclasses.replace(opts.request, exclusive=False, mem=ns.mem)
+    return submit_curation(ns.file, ns.out, ns.array, ns.workers,
+                           dataclasses.replace(opts, request=request))
+
+
 def cmd_status(args: list[str]) -> int:
     from megatron_sail.launch.status import status
 
@@ -88,7 +112,8 @@ def cmd_status(args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"submit": cmd_submit, "sweep": cmd_sweep, "status": cmd_status}
+COMMANDS = {"submit": cmd_submit, "sweep": cmd_sweep, "status": cmd_status,
+            "curate": cmd_curate}
 
 
 def main(argv: list[str]) -> int:

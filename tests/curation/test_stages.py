@@ -168,3 +168,59 @@ def test_shard_directory_input(tmp_path):
     assert [r["id"] for r in kept] == ["s0", "s2"]
     assert dropped[0]["id"] == "s1" and dropped[0]["curation"]["reason"] == "duplicate_image"
     assert dropped[0]["curation"]["duplicate_of"].endswith("shards#0")
+
+
+@pytest.mark.parametrize("name", ["sail-caption2.yaml", "sail-video-qa.yaml", "caption-to-qa.yaml"])
+def test_example_specs_are_valid(name, tmp_path):
+    """The examples load (every key and rule checked) once their inputs exist."""
+    import shutil
+
+    from megatron_sail.curation.load import load_spec
+
+    source = Path(__file__).resolve().parents[2] / "examples" / "curation" / name
+    spec = tmp_path / "a" / "b" / name
+    spec.parent.mkdir(parents=True)
+    shutil.copy(source, spec)
+    for given in load_spec_inputs(source):
+        target = (spec.parent / given).resolve()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text("")
+    loaded = load_spec(spec)
+    assert [s.name for s in loaded.stages][0] in ("decodable", "caption_to_qa")
+
+
+def load_spec_inputs(path: Path) -> list[str]:
+    import yaml
+
+    return yaml.safe_load(path.read_text())["inputs"]
+
+
+def test_video_records_and_progress_line(tmp_path, capfd):
+    """Videos: a corrupt clip is undecodable, sizes come from the stream, a byte-identical clip
+    is a duplicate; the progress line reports records/s and the time left."""
+    from tests.data.media_fixtures import video_bytes
+
+    clip = video_bytes(frames=4, width=96, height=64, seed=1)
+    (tmp_path / "a.mp4").write_bytes(clip)
+    (tmp_path / "b.mp4").write_bytes(clip)
+    (tmp_path / "c.mp4").write_bytes(clip[: len(clip) // 3])
+    (tmp_path / "d.mp4").write_bytes(video_bytes(frames=4, width=96, height=64, seed=2))
+
+    def qa(rid, video, answer):
+        return {"id": rid, "video": video, "conversations": [
+            {"from": "human", "value": "<video>\nWhat happens?"}, {"from": "gpt", "value": answer}]}
+
+    records = [qa("a", "a.mp4", "Coloured noise flickers."), qa("b", "b.mp4", "Static changes fast."),
+               qa("c", "c.mp4", "A broken clip."), qa("d", "d.mp4", "Other noise flickers.")]
+    spec = _write(tmp_path, records, "  - {name: decodable, num_frames: 2}\n"
+                  "  - {name: resolution, min_side: 32}\n  - {name: dedup}\n")
+    capfd.readouterr()
+    assert cli.main(["curate", str(spec), "--out", str(tmp_path / "out")]) == 0
+    err = capfd.readouterr().err
+    assert "records/s, ETA" in err and "phase 1/1 (decodable, resolution, dedup): 4/4 records" in err
+    kept = [json.loads(line) for line in (tmp_path / "out/kept.jsonl").read_text().splitlines()]
+    dropped = [json.loads(line) for line in (tmp_path / "out/dropped.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in kept] == ["a", "d"]
+    assert {r["id"]: r["curation"]["reason"] for r in dropped} == {"b": "duplicate_video",
+                                                                   "c": "undecodable"}
+    assert kept[0]["curation"]["scores"]["min_side"] == 64
