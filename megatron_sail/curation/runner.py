@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
+from megatron_sail.curation.atomic import write_json_atomic
 from megatron_sail.curation.items import Chunk, Item, read_chunk, read_items, write_items
 from megatron_sail.curation.load import load_spec
-from megatron_sail.curation.atomic import write_json_atomic
 from megatron_sail.curation.plan import Phase, WorkDir, make_phases, open_work
 from megatron_sail.curation.progress import RecordProgress
 
