@@ -7,8 +7,8 @@
   (a line that was not JSON is kept as ``{"raw": TEXT, "curation": ...}``);
 - ``report.json``: records in, kept and dropped, and per stage the records it saw and dropped
   by reason;
-- ``plots/``: a histogram per score (records per value for words such as yes/no), and per rebalance stage the category (or n-gram)
-  distribution before and after.
+- ``plots/``: a histogram per score (records per value for words such as yes/no), and per
+  rebalance stage the category (or n-gram) distribution before and after.
 
 Every file is written under a temporary name and renamed into place; ``report.json`` last.
 """

@@ -172,7 +172,8 @@ def run_curation(spec_path: str | Path, out: str | Path, assignment: Assignment,
     out = Path(out).absolute()
     work, chunks = open_work(spec, out, phases)
     for phase in phases:
-        pending = [c for c in chunks if assignment.owns(c.index) and not work.done(phase.number, c.index)]
+        pending = [c for c in chunks
+                   if assignment.owns(c.index) and not work.done(phase.number, c.index)]
         progress = RecordProgress(f"phase {phase.number}/{len(phases)} ({phase.title})",
                                   sum(c.count for c in pending), quiet)
         _run_pending(str(spec.path), work, phase.number, pending, assignment.workers, progress)
