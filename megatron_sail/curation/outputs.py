@@ -7,8 +7,8 @@
   (a line that was not JSON is kept as ``{"raw": TEXT, "curation": ...}``);
 - ``report.json``: records in, kept and dropped, and per stage the records it saw and dropped
   by reason;
-- ``plots/``: a histogram per numeric score, and per rebalance stage the category (or n-gram)
-  distribution before and after.
+- ``plots/``: a histogram per score (records per value for words such as yes/no), and per
+  rebalance stage the category (or n-gram) distribution before and after.
 
 Every file is written under a temporary name and renamed into place; ``report.json`` last.
 """
@@ -20,8 +20,8 @@ import os
 from collections import Counter
 from pathlib import Path
 
-from megatron_sail.curation.items import Chunk, Item, read_items
 from megatron_sail.curation.atomic import temp_path, write_json_atomic
+from megatron_sail.curation.items import Chunk, Item, read_items
 from megatron_sail.curation.plan import Phase, WorkDir
 from megatron_sail.curation.runner import apply_decision
 from megatron_sail.curation.spec import CurationSpec
@@ -59,7 +59,7 @@ def write_outputs(spec: CurationSpec, out: Path, work: WorkDir, phases: list[Pha
     kept_path, dropped_path = out / KEPT, out / DROPPED
     dropped_at: Counter = Counter()
     reasons: dict[int, Counter] = {}
-    scores: dict[str, list[float]] = {}
+    scores: dict[str, list] = {}
     total = kept = 0
     with open(temp_path(kept_path), "w", encoding="utf-8") as fk, \
             open(temp_path(dropped_path), "w", encoding="utf-8") as fd:
@@ -67,8 +67,8 @@ def write_outputs(spec: CurationSpec, out: Path, work: WorkDir, phases: list[Pha
             for item in final_items(work, phases, chunk):
                 total += 1
                 for name, value in item.scores.items():
-                    if isinstance(value, (int, float)) and not isinstance(value, bool):
-                        scores.setdefault(name, []).append(float(value))
+                    if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+                        scores.setdefault(name, []).append(value)
                 if item.alive:
                     kept += 1
                     fk.write(_line(item))
@@ -102,15 +102,19 @@ def _report(spec: CurationSpec, total: int, kept: int, dropped_at: Counter,
     return report
 
 
-def _plots(out: Path, work: WorkDir, phases: list[Phase], scores: dict[str, list[float]]) -> list[str]:
-    from megatron_sail.curation.plots import bar_before_after, histogram
+def _plots(out: Path, work: WorkDir, phases: list[Phase], scores: dict[str, list]) -> list[str]:
+    from megatron_sail.curation.plots import bar_before_after, counts, histogram
 
     directory = out / PLOTS
     directory.mkdir(exist_ok=True)
     written = []
     for name in sorted(scores):
         path = directory / f"score-{_safe(name)}.png"
-        histogram(path, name, scores[name])
+        values = scores[name]
+        if all(isinstance(v, (int, float)) for v in values):
+            histogram(path, name, [float(v) for v in values])
+        else:   # words (yes/no, categories): records per value
+            counts(path, name, values)
         written.append(str(path.relative_to(out)))
     for phase in phases:
         if phase.global_stage is None:

@@ -57,3 +57,18 @@ def bar_before_after(path: Path, title: str, before: dict, after: dict) -> None:
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
+
+
+def counts(path: Path, name: str, values: list) -> None:
+    from collections import Counter
+
+    plt = _pyplot()
+    tally = sorted(Counter(str(v) for v in values).items())
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(tally) + 2), 4))
+    ax.bar([k for k, _ in tally], [n for _, n in tally])
+    ax.set_title(f"{name} ({len(values)} records)")
+    ax.set_ylabel("records")
+    ax.tick_params(axis="x", labelrotation=45, labelsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)

@@ -39,12 +39,12 @@ class RecordProgress:
         self._print(f"sail curate: {self.label}: {self.done}/{self.total} records, "
                     f"{rate:.1f} records/s, ETA {_clock(left)}")
 
-    def waiting(self, done_chunks: int, chunks: int) -> None:
+    def waiting(self, done_chunks: int, chunks: int, shards: list[int]) -> None:
         if done_chunks == getattr(self, "last_wait", None):
             return
         self.last_wait = done_chunks
-        self._print(f"sail curate: {self.label}: waiting for the other shards "
-                    f"({done_chunks}/{chunks} chunks done)")
+        self._print(f"sail curate: {self.label}: waiting for shard(s) "
+                    f"{', '.join(map(str, shards))} ({done_chunks}/{chunks} chunks done)")
 
     def finish(self) -> None:
         if self.tty and self.done and not self.quiet:

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
+from megatron_sail.curation.atomic import write_json_atomic
 from megatron_sail.curation.items import Chunk, Item, read_chunk, read_items, write_items
 from megatron_sail.curation.load import load_spec
-from megatron_sail.curation.atomic import write_json_atomic
 from megatron_sail.curation.plan import Phase, WorkDir, make_phases, open_work
 from megatron_sail.curation.progress import RecordProgress
 
@@ -129,13 +129,16 @@ def decide(work: WorkDir, phase: Phase, chunks: list[Chunk]) -> None:
 
 
 # -- the whole run ----------------------------------------------------------------------------
-def _wait_for_others(work: WorkDir, number: int, chunks: list[Chunk], progress: RecordProgress) -> None:
-    """Array elements meet at the end of each phase: the global decision needs every chunk."""
+def _wait_for_others(work: WorkDir, number: int, chunks: list[Chunk], assignment: Assignment,
+                     progress: RecordProgress) -> None:
+    """Array elements meet at the end of each phase: the global decision needs every chunk.
+    (An element that died is not replaced: the line names the shards still owing chunks.)"""
     while True:
         missing = [c for c in chunks if not work.done(number, c.index)]
         if not missing:
             return
-        progress.waiting(len(chunks) - len(missing), len(chunks))
+        owing = sorted({c.index % assignment.shards for c in missing})
+        progress.waiting(len(chunks) - len(missing), len(chunks), owing)
         time.sleep(POLL_SECONDS)
 
 
@@ -172,11 +175,12 @@ def run_curation(spec_path: str | Path, out: str | Path, assignment: Assignment,
     out = Path(out).absolute()
     work, chunks = open_work(spec, out, phases)
     for phase in phases:
-        pending = [c for c in chunks if assignment.owns(c.index) and not work.done(phase.number, c.index)]
+        pending = [c for c in chunks
+                   if assignment.owns(c.index) and not work.done(phase.number, c.index)]
         progress = RecordProgress(f"phase {phase.number}/{len(phases)} ({phase.title})",
                                   sum(c.count for c in pending), quiet)
         _run_pending(str(spec.path), work, phase.number, pending, assignment.workers, progress)
-        _wait_for_others(work, phase.number, chunks, progress)
+        _wait_for_others(work, phase.number, chunks, assignment, progress)
         if phase.global_stage is not None:
             decide(work, phase, chunks)
         progress.finish()

@@ -192,7 +192,8 @@ def build(cls: type, raw: dict, where: str, problems: list[str],
         if expected:
             problems.append(f"{where}: {key}={shown(value)} must be {expected}")
             continue
-        if isinstance(value, int) and not isinstance(value, bool) and hints[key] in (float, Optional[float]):
+        if isinstance(value, int) and not isinstance(value, bool) \
+                and hints[key] in (float, Optional[float]):
             value = float(value)
         bounds = fields[key].metadata.get("range")
         problem = bounds.violation(value) if bounds is not None and value is not None else None

@@ -52,6 +52,8 @@ def test_every_planted_item_dropped_for_its_reason(planted):
     blurry = next(r for r in dropped if r.get("id") == "blurry")["curation"]["scores"]
     assert blurry["quality"] == 2 and blurry["words"] == 9 and blurry["min_side"] == 120
     assert all(r["curation"]["scores"]["quality"] == 4 for r in kept)
+    mumbling = next(r for r in dropped if r.get("id") == "mumbling")["curation"]
+    assert mumbling["detail"] == "no usable quality after 3 tries; last answer {'quality': 'n/a'}"
     raw = next(r for r in dropped if "raw" in r)
     assert raw["raw"] == '{"id": "broken", "conversations": ['
 

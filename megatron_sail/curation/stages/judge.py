@@ -15,6 +15,7 @@ from megatron_sail.curation.keep import fits, passes, rule_text
 from megatron_sail.curation.sources import call_function, load_function, model_client
 from megatron_sail.curation.spec import PythonSource
 from megatron_sail.curation.stages.base import MapStage
+from megatron_sail.errors import shown
 
 UNPARSEABLE = "judge_unparseable"
 
@@ -27,12 +28,17 @@ def usable(value: Any) -> bool:
 class Judge(MapStage):
     def run(self, items: list[Item]) -> None:
         opts = self.options
-        scores = self._python(items) if isinstance(opts.source, PythonSource) else self._model(items)
+        # (scores by item, the last unusable answer by item): returned, not kept on the stage,
+        # which threads of one process share.
+        scores, last_answers = (self._python(items) if isinstance(opts.source, PythonSource)
+                                else self._model(items))
         for item in items:
             got = scores.get(item.i)
             if got is None:
-                item.dropped(self.name, UNPARSEABLE,
-                             f"no usable {', '.join(opts.keep)} after {opts.retries + 1} tries")
+                names = ", ".join(opts.prompts or opts.keep)
+                last = last_answers.get(item.i)
+                item.dropped(self.name, UNPARSEABLE, f"no usable {names} after {opts.retries + 1} "
+                             f"tries" + (f"; last answer {shown(last, 120)}" if last is not None else ""))
                 continue
             item.scores.update(got)
             for name, rule in opts.keep.items():
@@ -40,10 +46,10 @@ class Judge(MapStage):
                     item.dropped(self.name, f"{name} not {rule_text(rule)}")
                     break
 
-    def _python(self, items: list[Item]) -> dict[int, dict]:
+    def _python(self, items: list[Item]) -> tuple[dict[int, dict], dict[int, Any]]:
         ref = self.options.source.python
         fn = load_function(ref, self.spec_dir)
-        out = {}
+        out, last = {}, {}
         for item in items:
             for _ in range(self.options.retries + 1):
                 result = call_function(fn, ref, item)
@@ -51,12 +57,14 @@ class Judge(MapStage):
                                                     for k, rule in self.options.keep.items()):
                     out[item.i] = {str(k): v for k, v in result.items() if usable(v)}
                     break
-        return out
+                last[item.i] = result
+        return out, last
 
-    def _model(self, items: list[Item]) -> dict[int, dict]:
+    def _model(self, items: list[Item]) -> tuple[dict[int, dict], dict[int, Any]]:
         opts, source = self.options, self.options.source
         client = model_client(source)
         parsed: dict[int, dict] = {item.i: {} for item in items}
+        last: dict[int, Any] = {}
         todo = [(item, name) for item in items for name in opts.prompts]
         for attempt in range(opts.retries + 1):
             if not todo:
@@ -73,7 +81,8 @@ class Judge(MapStage):
                     value = judge_prompts.PARSERS[opts.prompts[name][1]](answer)
                 if value is None:
                     left.append((item, name))
+                    last[item.i] = answer if answer is not None else "(no prompt: media unreadable)"
                 else:
                     parsed[item.i][name] = value
             todo = left
-        return {i: got for i, got in parsed.items() if len(got) == len(opts.prompts)}
+        return {i: got for i, got in parsed.items() if len(got) == len(opts.prompts)}, last
