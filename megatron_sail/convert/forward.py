@@ -72,6 +72,7 @@ def forward_config(cfg: SailConfig, tp: int, pp: int, dtype: str, length: int) -
     par.virtual_pipeline_model_parallel_size = None
     par.first_stage_llm_layers = None
     par.expert_model_parallel_size, par.expert_tensor_parallel_size = 1, None
+    par.context_parallel_size, par.cp_comm_type = 1, None
     par.sequence_parallel = par.vision_tensor_parallel_size = None
     model.transformer_impl, model.fp8, model.moe.grouped_gemm = "local", None, False
     model.freeze, model.llm_recompute, model.vision_recompute = [], None, None

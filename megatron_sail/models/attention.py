@@ -32,7 +32,6 @@ from megatron.core import parallel_state, tensor_parallel
 from megatron.core.packed_seq_params import PackedSeqParams
 from megatron.core.transformer.dot_product_attention import DotProductAttention
 from megatron.core.transformer.enums import AttnMaskType
-from torch.nn.attention.bias import causal_lower_right
 
 from megatron_sail.compat.local_attention_cp import init_without_cp_assert
 from megatron_sail.models.context_parallel import gathered_order, local_query_chunks
@@ -105,6 +104,10 @@ class LocalCoreAttention(DotProductAttention):
                 else params.cu_seqlens_q
             bounds = cu.tolist()
         causal = mask_type in (AttnMaskType.causal, AttnMaskType.padding_causal)
+        # Imported here: torch.nn.attention.bias loads TorchDynamo, which CPU rank processes
+        # without CP should not pay for at start-up (tests/unit/test_cpu_import.py).
+        from torch.nn.attention.bias import causal_lower_right
+
         # [local, ...] on every rank -> [cp * local, ...] rank-major -> global token order
         order = gathered_order(query.shape[0] * cp, cp, bounds).to(key.device)
         key, value = (tensor_parallel.gather_from_sequence_parallel_region(

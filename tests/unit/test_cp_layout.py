@@ -74,3 +74,12 @@ def test_transformer_engine_config_carries_cp_and_its_comm_type():
 def test_cp_with_moe_is_refused_until_verified():
     with pytest.raises(ConfigError, match="Mixture-of-Experts LLM is not supported yet"):
         _layout(2, "model.preset=tiny-moe", "parallel.context_parallel_size=2")
+
+
+def test_a_cp_trained_checkpoint_runs_forward_without_cp():
+    """Generation and conversion rebuild the checkpoint's model at their own TP x PP."""
+    from megatron_sail.convert.forward import forward_config
+
+    cfg = load_config(TINY, ["parallel.context_parallel_size=2"])
+    cfg = forward_config(cfg, tp=1, pp=1, dtype="fp32", length=40)
+    assert resolve_layout(cfg, 1).cp == 1
