@@ -112,10 +112,9 @@ class SailVLModel(MegatronModule):
         images' flattened patches [P, 3*14*14] with these (rows, cols) patch grids."""
         decoder_input = (self._embed(input_ids, position_ids, pixel_values, image_grids)
                          if self.pre_process else None)
-        output = self.language_model(
+        # With labels the last stage returns Megatron's per-token loss [b, s] (fp32), from
+        # its fused cross entropy when config.cross_entropy_loss_fusion is set.
+        return self.language_model(
             input_ids, position_ids, attention_mask=None, decoder_input=decoder_input,
-            packed_seq_params=packed_seq_params,
+            labels=labels if self.post_process else None, packed_seq_params=packed_seq_params,
         )
-        if not self.post_process or labels is None:
-            return output
-        return tensor_parallel.vocab_parallel_cross_entropy(output.float(), labels)

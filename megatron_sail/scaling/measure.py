@@ -63,7 +63,6 @@ def measure_trainer(cfg, env, iterations: int = 2) -> MemoryMeasurement:
 
     from megatron_sail.distributed.runtime import shutdown
     from megatron_sail.scaling.live_memory import LiveTensorBytes
-    from megatron_sail.training.step import run_step
     from megatron_sail.training.trainer import Trainer
 
     on_gpu = torch.cuda.is_available()
@@ -74,16 +73,9 @@ def measure_trainer(cfg, env, iterations: int = 2) -> MemoryMeasurement:
             trainer = Trainer(cfg, env)
             setup = tracker.live
             tracker.reset_peak()
-            after, train = [], cfg.train
-            for step in range(iterations):
-                for chunk in trainer.model:
-                    chunk.train()
-                consumed = step * train.global_batch_size
-                batches = (trainer.batches.microbatches(consumed) if trainer.needs_data
-                           else [None] * trainer.batches.num_microbatches)
-                run_step(trainer.model, trainer.optimizer, trainer.scheduler, batches,
-                         cfg.data.seq_length, train.micro_batch_size)
-                del batches  # as in the trainer: a step's batch dies with the step
+            after = []
+            for _ in range(iterations):
+                trainer.run_iteration()  # its batch dies with the step, as in training
                 after.append(tracker.live)
             peak = tracker.peak
     finally:
