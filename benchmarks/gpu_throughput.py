@@ -15,9 +15,12 @@ Cases (bf16, the local spec, the config's default speed levers):
 - ``full``: sailvl2-2b with all 28 LLM layers at seq 8192, rows packed from 4 samples (one
   tile each), with the lightest recompute the memory planner fits in 90% of the GPU.
 
-Every case runs in a fresh process: Megatron's DDP keeps a model alive after its trainer is
-gone (its gradient hooks live on autograd nodes, a cycle Python's collector cannot see), so
-in one process a case's peak would include the previous case's weights and Adam state.
+Every case runs in a fresh process: a trained model stays allocated after its ``Trainer`` is
+deleted, even after ``gc.collect()`` (no Python object refers to it: the references are held
+on the C++ side, presumably by the gradient hooks Megatron's DDP puts on autograd nodes), so
+in one process a case's peak includes the previous cases' weights, gradients and Adam state.
+That is what made an earlier version of this benchmark report 81.6 GiB for the unfused
+attention, run after the SDPA case, where the planner said 54.7.
 Reported per case: median step time after the warm-up steps, tokens/s, model TFLOP/s
 (``megatron_sail.scaling.flops``; packed samples counted at their own length), MFU against the
 GPU's dense bf16 peak, ``torch.cuda.max_memory_allocated`` and the planner's estimate. On CPU

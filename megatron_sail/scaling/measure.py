@@ -33,14 +33,19 @@ class MemoryMeasurement:
 
 
 class _CudaPeak:
-    """The GPU counterpart of ``LiveTensorBytes``: the caching allocator's own counters."""
+    """The GPU counterpart of ``LiveTensorBytes``: the caching allocator's own counters, less
+    what was allocated on entry. A previous case measured in the same process leaves its
+    model, gradients and optimizer state allocated (even after ``gc.collect()``: the
+    references are held on the C++ side), which is no part of this one."""
 
     def __init__(self):
         import torch
 
         self._cuda = torch.cuda
+        self._base = 0
 
     def __enter__(self):
+        self._base = self._cuda.memory_allocated()
         return self
 
     def __exit__(self, *exc):
@@ -48,11 +53,11 @@ class _CudaPeak:
 
     @property
     def live(self) -> int:
-        return self._cuda.memory_allocated()
+        return self._cuda.memory_allocated() - self._base
 
     @property
     def peak(self) -> int:
-        return self._cuda.max_memory_allocated()
+        return self._cuda.max_memory_allocated() - self._base
 
     def reset_peak(self) -> None:
         self._cuda.reset_peak_memory_stats()
