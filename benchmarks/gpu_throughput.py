@@ -1,7 +1,7 @@
 """Training throughput, MFU and peak memory of megatron_sail on one GPU, against plain
 Megatron-Core, in one run.
 
-    python benchmarks/gpu_throughput.py            # the four cases below (about 6 min, one H100)
+    python benchmarks/gpu_throughput.py            # the four cases below (estimated 6 min, one H100)
     python benchmarks/gpu_throughput.py --levers   # each performance.* lever against all off
     python benchmarks/gpu_throughput.py --cpu      # the same cases at the tiny model's widths
 
