@@ -43,7 +43,8 @@ def _recompute(kind: Optional[str]) -> dict:
 
 
 def _common(cfg: SailConfig) -> dict:
-    """Settings shared by every tower: no dropout, CPU-safe unfused kernels, our own init."""
+    """Settings shared by every tower: no dropout, unfused kernels (``_fusions`` turns the
+    performance.* ones on), our own init."""
     dtype = _dtype(cfg)
     on_gpu = torch.cuda.is_available()
     return dict(

@@ -74,8 +74,9 @@ class Workload:
     frozen: tuple[str, ...] = ()
     device: str = "gpu"  # gpu: micro-batches moved to the GPU one at a time | cpu: host memory
     image_size: int = 448
-    fused_norm: bool = False  # performance.rmsnorm=fused (torch's kernel; fused on GPUs only)
-    fused_swiglu: bool = False  # performance.swiglu_fusion
+    # the performance.* levers (defaults as in the config): torch's rms_norm, Megatron's SwiGLU
+    fused_norm: bool = True
+    fused_swiglu: bool = True
     grad_bytes: int = 4  # 2 with performance.grad_reduce_dtype=bf16
 
     @property
