@@ -311,8 +311,11 @@ def _spawn(index: int, kind: str, overrides: list[str], ns, tmp: str) -> dict:
     log = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not out.exists():
         oom = any("OutOfMemoryError" in line or "out of memory" in line for line in log)
-        last = next((line for line in reversed(log) if "Error" in line), log[-1] if log else "")
-        return {"failed": "out of GPU memory" if oom else last.strip()[:200]}
+        at = max((i for i, line in enumerate(log) if "Error" in line), default=len(log) - 1)
+        # the error line and the reasons a ConfigError lists below it
+        reasons = [log[at].strip()] + [line.strip() for line in log[at + 1:]
+                                        if line.startswith("  - ")]
+        return {"failed": "out of GPU memory" if oom else " ".join(reasons)[:300]}
     result = json.loads(out.read_text())
     result.update(wall_s=time.perf_counter() - t0)
     return result
@@ -365,7 +368,8 @@ def main() -> int:
     p.add_argument("--cpu", action="store_true", help="the tiny model's widths, on CPU")
     p.add_argument("--levers", action="store_true",
                    help="each speed lever against all off, on the sail-images shape")
-    p.add_argument("--cases", default=None, help="comma-separated subset of the cases")
+    p.add_argument("--cases", default=None,
+                   help="comma-separated subset of the cases (with --levers: of the levers)")
     p.add_argument("--global-batch", type=int, default=8)
     p.add_argument("--steps", type=int, default=None, help="timed steps (default 8; 3 on CPU)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps (default 3; 1 on CPU)")
@@ -390,15 +394,18 @@ def main() -> int:
     shapes = _shapes(ns)
     capacity = None if ns.cpu else 0.9 * torch.cuda.get_device_properties(0).total_memory
     child = argparse.Namespace(steps=ns.steps, warmup=ns.warmup)
+    known = LEVERS if ns.levers else shapes
+    wanted = ns.cases.split(",") if ns.cases else list(known)
+    unknown = [c for c in wanted if c not in known]
+    if unknown:
+        raise SystemExit(f"unknown cases {unknown}; choose from {', '.join(known)}")
     if ns.levers:  # (label, kind, overrides)
-        runs = [(name, "sail-images", _overrides(shapes["sail-images"], ns, LEVERS_OFF + extra))
-                for name, extra in LEVERS.items()]
+        runs = [(name, "sail-images",
+                 _overrides(shapes["sail-images"], ns, LEVERS_OFF + LEVERS[name]))
+                for name in wanted]
     else:
-        wanted = ns.cases.split(",") if ns.cases else list(shapes)
         runs = []
         for case in wanted:
-            if case not in shapes:
-                raise SystemExit(f"unknown case {case!r}; choose from {', '.join(shapes)}")
             extra = _recompute_that_fits(shapes[case], ns, [], capacity) if case == "full" else []
             runs.append((case + (f" ({', '.join(extra)})" if extra else ""), case,
                          _overrides(shapes[case], ns, extra)))
