@@ -164,8 +164,11 @@ def _plain_gpt(cfg, ns) -> tuple[list[float], float]:
                      share_embeddings_and_output_weights=llm.tie_word_embeddings,
                      position_embedding_type="rope", rotary_base=int(llm.rope_theta))
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.fill_(1.0) if "norm" in name else p.normal_(0.0, cfg.model.init_std)
+        for name, p in model.named_parameters():  # norms at one, the rest as our init draws
+            if "norm" in name:
+                p.fill_(1.0)
+            else:
+                p.normal_(0.0, cfg.model.init_std)
     if torch.cuda.is_available():
         model.cuda()
     chunks = wrap_ddp(cfg, [model], config, 1, torch.cuda.is_available())

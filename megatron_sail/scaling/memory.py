@@ -413,7 +413,7 @@ def from_config(cfg, world_size: int, device: str = "gpu") -> tuple[ModelShape, 
     from megatron_sail.config.layout import resolve_layout
     from megatron_sail.scaling.flops import SYNTHETIC_TILES_PER_SAMPLE
 
-    lay = resolve_layout(cfg, world_size)
+    lay = resolve_layout(cfg, world_size, cuda_available=device == "gpu")  # a GPU run's plan
     p = cfg.parallel
     par = Parallel(tp=lay.tp, pp=lay.pp, dp=lay.dp, ep=lay.ep, etp=lay.etp,
                    vision_tp=lay.vision_tp, first_stage_llm_layers=p.first_stage_llm_layers,

@@ -9,7 +9,6 @@ from collections import Counter
 import pytest
 import torch
 
-from tests.helpers import TINY
 
 SEQ = 128
 
