@@ -54,6 +54,8 @@ LEVERS = {
     "+bf16-grads": ["performance.grad_reduce_dtype=bf16"],
     "+cuda-graphs": ["performance.cuda_graphs=true"],
     "unfused-attention": ["model.attention=unfused"],
+    # for reference where Transformer Engine is installed (a config error elsewhere)
+    "transformer-engine": ["model.transformer_impl=transformer_engine"],
 }
 
 
@@ -69,7 +71,7 @@ def _shapes(ns) -> dict:
 
 
 def _overrides(shape: dict, ns, extra: list[str]) -> list[str]:
-    out = [f"model.preset={shape['preset']}", "model.transformer_impl=local",
+    out = [f"model.preset={shape['preset']}",
            "train.precision=bf16", f"data.seq_length={shape['seq']}",
            "train.micro_batch_size=1", f"train.global_batch_size={ns.global_batch}",
            f"train.train_iters={10 ** 6}", "train.eval_interval=null",
