@@ -2,8 +2,8 @@
 
 Megatron wraps its fused kernels in ``torch.compile`` at import time, which imports
 TorchDynamo and Inductor: about 4.5 s of a 6 s import on a 2-core machine, paid by every
-rank process. On CPU nothing is compiled (every ``*_fusion`` flag of our specs is off, and
-the few decorated helpers that still run are plain tensor code), so they stay eager.
+rank process. On CPU nothing is compiled: the decorated kernels (the SwiGLU and cross-entropy
+fusions of performance.*, a few helpers) are plain tensor code, so they stay eager.
 Written for torch 2.13 / megatron-core 0.16.1; holds for torch 2.9-2.14, megatron-core
 0.17-0.19 (the decorators are applied at import, to whatever ``torch.compile`` is then).
 """

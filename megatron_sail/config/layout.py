@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 
 from megatron_sail.config.loader import ConfigError
+from megatron_sail.config.performance import performance_errors
 from megatron_sail.config.schema import FREEZABLE, SailConfig
 
 VOCAB_PAD_MULTIPLE = 128  # independent of TP, so every layout shares one padded vocabulary
@@ -229,6 +230,7 @@ def resolve_layout(cfg: SailConfig, world_size: int, cuda_available: bool = Fals
         if train.precision != "bf16":
             errors.append("model.fp8 needs train.precision=bf16")
     errors += _data_errors(cfg)
+    errors += performance_errors(cfg, cuda_available)
 
     if errors:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))

@@ -197,6 +197,33 @@ class HardwareConfig:
 
 
 @dataclass
+class PerformanceConfig:
+    """Speed levers of the local (non-Transformer-Engine) path; each keeps the unfused
+    path's numerics up to rounding. Relations (device, precision, spec) are checked in
+    config/performance.py; README "Speed levers" has the measured effects."""
+
+    # fused: torch.nn.functional.rms_norm (one kernel; saves its input and 1/rms only);
+    # unfused: the fp32 formula of models/norms.py (saves an fp32 copy of every input)
+    rmsnorm: Literal["fused", "unfused"] = "fused"
+    swiglu_fusion: bool = True  # Megatron's bias_swiglu kernel in the LLM and ViT MLPs
+    rope_fusion: bool = False  # Megatron's fused RoPE: a Transformer Engine kernel only
+    # Megatron's native fused vocab-parallel cross entropy. Its backward rounds the logits'
+    # gradient to bf16, so it needs train.precision=bf16. None: on with bf16.
+    cross_entropy_fusion: Optional[bool] = None
+    # Dtype of the gradient buffers and their data-parallel reduction. bf16 halves both but
+    # accumulates micro-batches in bf16: only with train.precision=bf16.
+    grad_reduce_dtype: Literal["fp32", "bf16"] = "fp32"
+    # Reduce gradient buckets while backward still runs. None: on with a CUDA GPU and DP > 1.
+    overlap_grad_reduce: Optional[bool] = None
+    # All-gather updated parameters during the next forward (distributed optimizer and
+    # overlap_grad_reduce needed)
+    overlap_param_gather: bool = False
+    # Megatron's local CUDA graphs for the LLM layers: a CUDA GPU and rows of one fixed
+    # shape (no packing: a packed row's segment boundaries change from row to row)
+    cuda_graphs: bool = False
+
+
+@dataclass
 class SailConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
@@ -206,6 +233,7 @@ class SailConfig:
     data: DataConfig = field(default_factory=DataConfig)
     run: RunConfig = field(default_factory=RunConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    performance: PerformanceConfig = field(default_factory=PerformanceConfig)
 
 
 def chat_template_of(cfg: "SailConfig") -> str:

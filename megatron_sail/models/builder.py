@@ -17,6 +17,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron_sail.compat.moe_router import (balancing_loss_grad_spans_tp_cp,
                                              mark_expert_dp_params, z_loss_grad_spans_tp_cp)
 from megatron_sail.config.layout import Layout
+from megatron_sail.config.performance import cross_entropy_fused
 from megatron_sail.config.schema import SailConfig
 from megatron_sail.models.adapter import VisionAdapter
 from megatron_sail.models.init import initialize_weights
@@ -42,7 +43,8 @@ def _recompute(kind: Optional[str]) -> dict:
 
 
 def _common(cfg: SailConfig) -> dict:
-    """Settings shared by every tower: no dropout, CPU-safe unfused kernels, our own init."""
+    """Settings shared by every tower: no dropout, unfused kernels (``_fusions`` turns the
+    performance.* ones on), our own init."""
     dtype = _dtype(cfg)
     on_gpu = torch.cuda.is_available()
     return dict(
@@ -73,6 +75,22 @@ def _common(cfg: SailConfig) -> dict:
         # gradients can cross. Megatron's unbatched even/odd ordering keeps them paired.
         batch_p2p_comm=on_gpu,
     )
+
+
+def _fusions(cfg: SailConfig, llm: bool) -> dict:
+    """performance.* levers as Megatron settings (checked in config/performance.py): the
+    SwiGLU kernel for the gated MLPs; for the LLM also fused RoPE, the native fused cross
+    entropy and CUDA graphs. The adapter keeps its exact GELU (Megatron's fused one is the
+    tanh approximation)."""
+    perf = cfg.performance
+    out = dict(bias_activation_fusion=perf.swiglu_fusion)
+    if llm:
+        out.update(apply_rope_fusion=perf.rope_fusion,
+                   cross_entropy_loss_fusion=cross_entropy_fused(cfg),
+                   cross_entropy_fusion_impl="native")
+        if perf.cuda_graphs:
+            out.update(cuda_graph_impl="local")
+    return out
 
 
 def pipeline_layout(layout: Layout) -> Optional[PipelineParallelLayerLayout]:
@@ -161,7 +179,7 @@ def llm_config(cfg: SailConfig, layout: Layout) -> TransformerConfig:
                       if cfg.model.transformer_impl == "transformer_engine" else None),
         **_moe(cfg, layout),
         **_recompute(cfg.model.llm_recompute),
-        **_common(cfg),
+        **{**_common(cfg), **_fusions(cfg, llm=True)},
     )
 
 
@@ -182,7 +200,7 @@ def vision_config(cfg: SailConfig, layout: Layout) -> TransformerConfig:
         tensor_model_parallel_size=layout.vision_tp,
         sequence_parallel=False,
         **_recompute(cfg.model.vision_recompute),
-        **_common(cfg),
+        **{**_common(cfg), **_fusions(cfg, llm=False)},
     )
 
 
@@ -244,6 +262,7 @@ def build_model(cfg: SailConfig, layout: Layout, img_context_id: int) -> ModelBu
                 cfg.model.transformer_impl, get_num_layers_to_build(lm_cfg, vp_stage=vp),
                 num_experts=cfg.model.llm.num_experts, grouped_gemm=cfg.model.moe.grouped_gemm,
                 attention_kernel=cfg.model.attention,
+                fused_norm=cfg.performance.rmsnorm == "fused",
             ),
             vocab_size=layout.padded_vocab_size,
             max_sequence_length=cfg.model.llm.max_position_embeddings,
@@ -261,6 +280,7 @@ def build_model(cfg: SailConfig, layout: Layout, img_context_id: int) -> ModelBu
                 vision_config(cfg, layout), cfg.model.vision, cfg.model.transformer_impl,
                 vit_pgs or ProcessGroupCollection.use_mpu_process_groups(),
                 attention_kernel=cfg.model.attention,
+                fused_norm=cfg.performance.rmsnorm == "fused",
             )
             adapter = VisionAdapter(adapter_config(cfg, layout), cfg.model.adapter,
                                     cfg.model.vision.hidden_size)

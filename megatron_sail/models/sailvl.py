@@ -136,14 +136,14 @@ class SailVLModel(MegatronModule):
         decoder_input = (self._embed(input_ids, position_ids, pixel_values, image_grids,
                                      packed_seq_params)
                          if self.pre_process else None)
-        output = self.language_model(
+        # With labels the last stage returns Megatron's per-token loss [b, s] (fp32), from
+        # its fused cross entropy when config.cross_entropy_loss_fusion is set.
+        return self.language_model(
             input_ids, position_ids, attention_mask=attention_mask, decoder_input=decoder_input,
-            packed_seq_params=packed_seq_params, inference_context=inference_context,
+            labels=labels if self.post_process else None, packed_seq_params=packed_seq_params,
+            inference_context=inference_context,
             runtime_gather_output=True if inference_context is not None else None,
         )
-        if not self.post_process or labels is None:
-            return output
-        return tensor_parallel.vocab_parallel_cross_entropy(output.float(), labels)
 
 
 def _context_parallel_split(embeds: torch.Tensor,

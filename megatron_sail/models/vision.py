@@ -45,19 +45,20 @@ class SailViT(MegatronModule):
     """Maps pixel tiles [N, 3, H, W] to patch features [N, H/14, W/14, C]."""
 
     def __init__(self, config: TransformerConfig, arch: VisionArch, impl: str,
-                 pg_collection: ProcessGroupCollection, attention_kernel: str = "sdpa"):
+                 pg_collection: ProcessGroupCollection, attention_kernel: str = "sdpa",
+                 fused_norm: bool = False):
         super().__init__(config=config)
         self.arch = arch
         channels, patch = arch.hidden_size, arch.patch_size
         self.patch_embed = torch.nn.Conv2d(3, channels, patch, stride=patch, bias=True,
                                            dtype=config.params_dtype)
-        self.patch_norm = RMSNorm(config, channels, eps=arch.norm_eps)
+        self.patch_norm = RMSNorm(config, channels, eps=arch.norm_eps, fused=fused_norm)
         grid = arch.image_size // patch
         self.pos_embed = torch.nn.Parameter(torch.empty(grid * grid, channels, dtype=config.params_dtype))
         blocks, final_norm = num_vision_blocks(arch)
         self.blocks = TransformerBlock(
             config=config,
-            spec=vision_block_spec(impl, blocks, final_norm, attention_kernel),
+            spec=vision_block_spec(impl, blocks, final_norm, attention_kernel, fused_norm),
             post_layer_norm=final_norm,
             pre_process=True,
             post_process=True,

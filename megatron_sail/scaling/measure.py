@@ -33,14 +33,19 @@ class MemoryMeasurement:
 
 
 class _CudaPeak:
-    """The GPU counterpart of ``LiveTensorBytes``: the caching allocator's own counters."""
+    """The GPU counterpart of ``LiveTensorBytes``: the caching allocator's own counters, less
+    what was allocated on entry. A previous case measured in the same process leaves its
+    model, gradients and optimizer state allocated (even after ``gc.collect()``: the
+    references are held on the C++ side), which is no part of this one."""
 
     def __init__(self):
         import torch
 
         self._cuda = torch.cuda
+        self._base = 0
 
     def __enter__(self):
+        self._base = self._cuda.memory_allocated()
         return self
 
     def __exit__(self, *exc):
@@ -48,11 +53,11 @@ class _CudaPeak:
 
     @property
     def live(self) -> int:
-        return self._cuda.memory_allocated()
+        return self._cuda.memory_allocated() - self._base
 
     @property
     def peak(self) -> int:
-        return self._cuda.max_memory_allocated()
+        return self._cuda.max_memory_allocated() - self._base
 
     def reset_peak(self) -> None:
         self._cuda.reset_peak_memory_stats()
@@ -63,7 +68,6 @@ def measure_trainer(cfg, env, iterations: int = 2) -> MemoryMeasurement:
 
     from megatron_sail.distributed.runtime import shutdown
     from megatron_sail.scaling.live_memory import LiveTensorBytes
-    from megatron_sail.training.step import run_step
     from megatron_sail.training.trainer import Trainer
 
     on_gpu = torch.cuda.is_available()
@@ -74,16 +78,9 @@ def measure_trainer(cfg, env, iterations: int = 2) -> MemoryMeasurement:
             trainer = Trainer(cfg, env)
             setup = tracker.live
             tracker.reset_peak()
-            after, train = [], cfg.train
-            for step in range(iterations):
-                for chunk in trainer.model:
-                    chunk.train()
-                consumed = step * train.global_batch_size
-                batches = (trainer.batches.microbatches(consumed) if trainer.needs_data
-                           else [None] * trainer.batches.num_microbatches)
-                run_step(trainer.model, trainer.optimizer, trainer.scheduler, batches,
-                         cfg.data.seq_length, train.micro_batch_size)
-                del batches  # as in the trainer: a step's batch dies with the step
+            after = []
+            for _ in range(iterations):
+                trainer.run_iteration()  # its batch dies with the step, as in training
                 after.append(tracker.live)
             peak = tracker.peak
     finally:

@@ -15,6 +15,10 @@ What is counted, and why:
   part before everything trainable saves nothing; context parallelism divides the LLM's
   tokens by CP, but the local spec's attention keeps its all-gathered keys and values
   (``cp_gathered_kv_bytes``), and the ViT runs whole on every CP rank;
+- the speed levers (``performance.*``) change what the local kernels keep: torch's fused
+  RMSNorm kernel (GPU) keeps its input instead of an fp32 copy and the normalised value;
+  Megatron's SwiGLU kernel keeps only the FC1 output; bf16 gradient buffers halve the
+  gradients. (The fused cross entropy keeps the same fp32 softmax as the plain one.)
 - extras: the logits/cross-entropy working set on the last stage, Megatron's attention score
   buffer (local-unfused), and the batch (on CPU the whole per-rank batch is built up front).
 Not counted: allocator fragmentation, CUDA/NCCL workspaces, optimizer-step temporaries.
@@ -73,6 +77,18 @@ class Workload:
     frozen: tuple[str, ...] = ()
     device: str = "gpu"  # gpu: micro-batches moved to the GPU one at a time | cpu: host memory
     image_size: int = 448
+    # the performance.* levers (defaults as in the config): torch's rms_norm, Megatron's SwiGLU
+    fused_norm: bool = True
+    fused_swiglu: bool = True
+    grad_bytes: int = 4  # 2 with performance.grad_reduce_dtype=bf16
+
+    @property
+    def norm(self) -> str:
+        """The RMSNorm's saving pattern (see ``_norm_bytes``): torch's ``rms_norm`` is one
+        kernel on GPUs and a composite of fp32 operations on CPUs."""
+        if not self.fused_norm:
+            return "unfused"
+        return "fused" if self.device == "gpu" else "composite"
 
 
 @dataclass
@@ -149,10 +165,20 @@ def count_params(shape: ModelShape) -> dict[str, float]:
 
 # -- activations (bytes per token of one micro-batch, before the micro-batch count) ---------
 
-def _norm_bytes(d: int, trains: bool) -> int:
+def _norm_bytes(d: int, trains: bool, norm: str = "unfused") -> int:
     """Our RMSNorm/LayerNorm compute in fp32: they keep the fp32 input (a copy in bf16) for
-    the input gradient, and the normalised value in the training dtype for the weight's."""
-    return 4 + (d if trains else 0)
+    the input gradient, and the normalised value in the training dtype for the weight's.
+    torch's ``rms_norm`` on GPUs (``fused``) keeps its input alone (and 1/rms per row, see
+    below); on CPUs (``composite``) the normalised value stays in fp32 for the weight's."""
+    if norm == "fused":
+        return d
+    return 4 + ((4 if norm == "composite" else d) if trains else 0)
+
+
+def _swiglu_bytes(f: float, d: int, trains: bool, fused: bool) -> float:
+    """A SwiGLU MLP's intermediates: FC1's output (2F) and FC2's input (F, when its weight
+    trains); the unfused path also keeps silu(gate) and the offset linear half (F each)."""
+    return (2 if fused else 4) * f * d + (f * d if trains else 0)
 
 
 def attention_probs_bytes(heads: float, queries: float, keys: float, d: int) -> float:
@@ -161,19 +187,20 @@ def attention_probs_bytes(heads: float, queries: float, keys: float, d: int) -> 
 
 
 def llm_layer_act(llm: LLMShape, par: Parallel, seq: int, d: int, kernels: str,
-                  recompute: Optional[str], trains: bool = True) -> float:
+                  recompute: Optional[str], trains: bool = True, norm: str = "unfused",
+                  fused_swiglu: bool = False) -> float:
     """Saved bytes per token of one Qwen3 layer (GQA, q/k RMSNorm, RoPE, SwiGLU). A frozen
     layer (``trains=False``) still back-propagates but keeps no inputs of its linears
-    (Megatron's frozen-weight linear) and no normalised values."""
+    (Megatron's frozen-weight linear) and no normalised values. ``norm`` is
+    ``Workload.norm``; ``fused_swiglu`` Megatron's SwiGLU kernel (local kernels only)."""
     t, hs = par.tp, (par.tp if par.sp else 1)
     h, q, kv = llm.hidden, llm.q_dim / t, llm.kv_dim / t
     w = 1 if trains else 0
     if recompute == "full":
         return d * h / hs  # only the layer input; one layer is re-run at a time (see estimate)
     if llm.moe is None:
-        f = llm.ffn / t
         # fc1 output (2F), silu(gate), up + offset (a new tensor); fc2 input (their product)
-        mlp = 4 * f * d + w * f * d
+        mlp = _swiglu_bytes(llm.ffn / t, d, trains, fused_swiglu and kernels != "te")
     else:
         moe = llm.moe
         f = moe.expert_ffn / par.etp
@@ -189,22 +216,36 @@ def llm_layer_act(llm: LLMShape, par: Parallel, seq: int, d: int, kernels: str,
         norm_linear = 2 * (d * h / hs + w * d * h / hs)
         return norm_linear + d * (q + 2 * kv) + d * q + d * (q + kv) + d * q + mlp
     gqa = llm.heads != llm.kv_heads
-    norms = 2 * _norm_bytes(d, trains) * h / hs
+    nb = _norm_bytes(d, trains, norm)
+    norms = 2 * nb * h / hs
     linear_inputs = w * (2 * d * h / hs + d * q)  # qkv and fc1 inputs, proj input
     # q-norm input is a reshaped copy of q; k-norm reads a view of the fused qkv output, which
-    # therefore stays alive in fp32 (and whenever V is a plain view of it, i.e. without GQA).
-    qk_norm = _norm_bytes(d, trains) * q + (w * d * kv if d == 4 else _norm_bytes(d, trains) * kv)
-    storage = d * (q + 2 * kv) if (d == 4 or not gqa) else 0
+    # therefore stays alive in fp32 (and whenever V is a plain view of it, i.e. without GQA;
+    # and always when the fused kernel saves that view itself).
+    if norm == "fused":
+        qk_norm = nb * q
+        storage = d * (q + 2 * kv)
+    else:
+        qk_norm = nb * q + (w * d * kv if d == 4 else nb * kv)
+        storage = d * (q + 2 * kv) if (d == 4 or not gqa) else 0
+    # fp32 1/rms per row of every norm (two per token, one per q and k head); RoPE's cos and
+    # sin for q and for k in the activations' dtype
+    small = 4 * (2 / hs + (llm.heads + llm.kv_heads) / t) + 4 * d * llm.head_dim
     if recompute == "selective":  # core attention re-run in backward: its inputs only
         core = d * (q + kv) + (0 if storage else d * (q + 2 * kv))
-    else:  # q, k and v repeated to all heads for GQA (+ the softmax output, unfused)
-        core = d * q + (2 * d * q if gqa else d * kv) + (attention_probs_bytes(
-            llm.heads / t, 1, seq, d) if kernels == "local-unfused" else 0)
-    return norms + linear_inputs + qk_norm + storage + core + mlp
+    elif kernels == "local-unfused":  # q, k, v repeated to all heads for GQA; the softmax
+        # output; Megatron's causal mask, a new [s, s] boolean in every layer (counted per
+        # token as if each micro-batch had one row: an overestimate for several)
+        core = d * q + (2 * d * q if gqa else d * kv) \
+            + attention_probs_bytes(llm.heads / t, 1, seq, d) + seq
+    else:  # the same before SDPA, which adds its fp32 log-sum-exp per head
+        core = d * q + (2 * d * q if gqa else d * kv) + 4 * llm.heads / t
+    return norms + linear_inputs + qk_norm + storage + core + mlp + small
 
 
 def vision_layer_act(v: VisionShape, vtp: int, d: int, kernels: str,
-                     recompute: Optional[str]) -> float:
+                     recompute: Optional[str], norm: str = "unfused",
+                     fused_swiglu: bool = False) -> float:
     """Saved bytes per patch of one SAIL-ViT block (bidirectional MHA, SwiGLU). Only a
     trainable ViT saves anything: it is the first part of the model."""
     c, f = v.hidden, v.ffn / vtp
@@ -215,7 +256,10 @@ def vision_layer_act(v: VisionShape, vtp: int, d: int, kernels: str,
         return 2 * d * c + qkv + d * c / vtp + 2 * d * c + 5 * f * d
     probs = 0 if recompute == "selective" or kernels != "local-unfused" else \
         attention_probs_bytes(v.heads / vtp, 1, v.patches_per_tile, d)
-    return 2 * _norm_bytes(d, True) * c + 2 * d * c + qkv + d * c / vtp + probs + 5 * f * d
+    # fp32 1/rms per patch of both norms; SDPA's fp32 log-sum-exp per head
+    small = 4 * 2 + (4 * v.heads / vtp if kernels == "local" and recompute != "selective" else 0)
+    return (2 * _norm_bytes(d, True, norm) * c + 2 * d * c + qkv + d * c / vtp + probs
+            + _swiglu_bytes(f, d, True, fused_swiglu) + small)
 
 
 def kernels_of(cfg) -> str:
@@ -305,15 +349,16 @@ def estimate(shape: ModelShape, par: Parallel, work: Workload) -> list[StageMemo
             elements = p.dense + p.expert
             mem.params += elements * d
             if trains[part]:
-                mem.grads += elements * 4
+                mem.grads += elements * work.grad_bytes
                 dense_shard = par.dp * par.cp if par.distributed_optimizer else 1
                 expert_shard = par.expert_dp if par.distributed_optimizer else 1
                 mem.optimizer += opt_bytes * (p.dense / dense_shard + p.expert / expert_shard)
 
         in_flight = min(par.pp - s, microbatches)
         hs = par.tp if par.sp else 1
+        levers = dict(norm=work.norm, fused_swiglu=work.fused_swiglu)
         per_mb = n_layers * tokens * llm_layer_act(llm, par, seq, d, work.kernels,
-                                                    par.llm_recompute, trains["llm"])
+                                                    par.llm_recompute, trains["llm"], **levers)
         per_mb += n_layers * mbs * cp_gathered_kv_bytes(llm, par, seq, d, work.kernels,
                                                         par.llm_recompute)
         # Transients at the peak, whichever is largest: a layer re-run by full recompute,
@@ -326,13 +371,13 @@ def estimate(shape: ModelShape, par: Parallel, work: Workload) -> list[StageMemo
                                                       par.llm_recompute)
             if par.llm_recompute == "full":  # the re-run layer's activations, during its backward
                 llm_bwd += tokens * llm_layer_act(llm, par, seq, d, work.kernels, None,
-                                                  trains["llm"])
+                                                  trains["llm"], **levers)
             transients.append(llm_bwd)
         if first and saves["vision"]:
-            block = vision_layer_act(vit, vtp, d, work.kernels, par.vision_recompute)
+            block = vision_layer_act(vit, vtp, d, work.kernels, par.vision_recompute, **levers)
             # patch norm and final norm (ours; TE's keeps its input only)
-            final = _norm_bytes(d, True) if work.kernels != "te" else d
-            ends = _norm_bytes(d, True) + (final if vit.final_norm else 0)
+            final = _norm_bytes(d, True, work.norm) if work.kernels != "te" else d
+            ends = _norm_bytes(d, True, work.norm) + (final if vit.final_norm else 0)
             per_mb += patches * (vit.num_layers * block + ends * vit.hidden)
             per_mb += (d == 2) * mbs * work.tiles * 3 * work.image_size ** 2 * d  # conv input
             vit_bwd = 0.0
@@ -341,7 +386,7 @@ def estimate(shape: ModelShape, par: Parallel, work: Workload) -> list[StageMemo
                 vit_bwd = mbs * work.tiles * attention_working_set(vit.heads / vtp, p, p, d,
                                                                    par.vision_recompute)
             if par.vision_recompute == "full":
-                vit_bwd += patches * vision_layer_act(vit, vtp, d, work.kernels, None)
+                vit_bwd += patches * vision_layer_act(vit, vtp, d, work.kernels, None, **levers)
             transients.append(vit_bwd)
         if first and saves["adapter"]:
             c4 = shape.merge ** 2 * vit.hidden
@@ -350,7 +395,8 @@ def estimate(shape: ModelShape, par: Parallel, work: Workload) -> list[StageMemo
             per_mb += merged * (4 * c4 + w * d * c4 + (1 + w) * d * llm.hidden / par.tp)
         if last:
             w = 1 if trains["llm"] else 0
-            final_norm = _norm_bytes(d, trains["llm"]) if work.kernels != "te" else d * (1 + w)
+            final_norm = _norm_bytes(d, trains["llm"], work.norm) if work.kernels != "te" \
+                else d * (1 + w)
             # final norm, output layer input (w), the fp32 softmax of the cross entropy
             per_mb += tokens * ((final_norm + w * d) * llm.hidden / hs + 4 * vocab)
             transients.append(tokens * vocab * (d + (4 if d == 2 else 0)))  # logits (+ fp32)
@@ -387,7 +433,7 @@ def from_config(cfg, world_size: int, device: str = "gpu") -> tuple[ModelShape, 
     from megatron_sail.config.layout import resolve_layout
     from megatron_sail.scaling.flops import SYNTHETIC_TILES_PER_SAMPLE
 
-    lay = resolve_layout(cfg, world_size)
+    lay = resolve_layout(cfg, world_size, cuda_available=device == "gpu")  # a GPU run's plan
     p = cfg.parallel
     par = Parallel(tp=lay.tp, pp=lay.pp, dp=lay.dp, ep=lay.ep, etp=lay.etp,
                    vision_tp=lay.vision_tp, first_stage_llm_layers=p.first_stage_llm_layers,
@@ -401,5 +447,8 @@ def from_config(cfg, world_size: int, device: str = "gpu") -> tuple[ModelShape, 
                     global_batch_size=cfg.train.global_batch_size, precision=cfg.train.precision,
                     kernels=kernels_of(cfg),
                     frozen=tuple(cfg.model.freeze), device=device,
-                    image_size=shape.vision.image_size)
+                    image_size=shape.vision.image_size,
+                    fused_norm=cfg.performance.rmsnorm == "fused",
+                    fused_swiglu=cfg.performance.swiglu_fusion,
+                    grad_bytes=2 if cfg.performance.grad_reduce_dtype == "bf16" else 4)
     return shape, par, work

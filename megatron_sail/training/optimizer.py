@@ -8,15 +8,33 @@ from megatron.core.optimizer import OptimizerConfig as MegatronOptimizerConfig
 from megatron.core.optimizer import get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
+from megatron_sail.config.performance import overlap_grad_reduce
 from megatron_sail.config.schema import SailConfig
 
 
-def wrap_ddp(cfg: SailConfig, chunks, llm_config) -> list[DistributedDataParallel]:
-    ddp_config = DistributedDataParallelConfig(
-        grad_reduce_in_fp32=True,
-        overlap_grad_reduce=False,
+def ddp_config_of(cfg: SailConfig, dp: int, cuda_available: bool) -> DistributedDataParallelConfig:
+    """Gradient buffers and their reduction (performance.grad_reduce_dtype,
+    overlap_grad_reduce, overlap_param_gather; checked in config/performance.py)."""
+    perf = cfg.performance
+    return DistributedDataParallelConfig(
+        grad_reduce_in_fp32=perf.grad_reduce_dtype == "fp32",
+        overlap_grad_reduce=overlap_grad_reduce(cfg, dp, cuda_available),
+        overlap_param_gather=perf.overlap_param_gather,
         use_distributed_optimizer=cfg.parallel.use_distributed_optimizer,
     )
+
+
+def sync_params(ddp_chunks) -> None:
+    """With overlapped parameter all-gathers the weights a step updated arrive during the
+    next forward; a checkpoint written before it must gather them now."""
+    for chunk in ddp_chunks:
+        if chunk.ddp_config.overlap_param_gather:
+            chunk.start_param_sync(force_sync=True)
+
+
+def wrap_ddp(cfg: SailConfig, chunks, llm_config, dp: int = 1,
+             cuda_available: bool = False) -> list[DistributedDataParallel]:
+    ddp_config = ddp_config_of(cfg, dp, cuda_available)
     return [
         DistributedDataParallel(llm_config, ddp_config, chunk,
                                 # VPP chunks after the first share the buffers' bucketing rules

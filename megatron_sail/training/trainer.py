@@ -34,7 +34,7 @@ from megatron_sail.training.moe_metrics import RoutingStats
 from megatron_sail.scaling.mfu import ThroughputMeter
 from megatron_sail.training.adalrs import AdaLRS
 from megatron_sail.training.optimizer import (
-    build_optimizer, build_scheduler, resume_conflicts, wrap_ddp,
+    build_optimizer, build_scheduler, resume_conflicts, sync_params, wrap_ddp,
 )
 from megatron_sail.training.signals import StopRequest
 from megatron_sail.training.step import run_step
@@ -136,7 +136,8 @@ class Trainer:
             cfg.model.img_context_token_id = tokenizer.img_context_id
 
         build = build_model(cfg, self.layout, cfg.model.img_context_token_id)
-        self.model = wrap_ddp(cfg, build.chunks, build.llm_config)
+        self.model = wrap_ddp(cfg, build.chunks, build.llm_config, self.layout.dp,
+                              torch.cuda.is_available())
         self.optimizer = build_optimizer(cfg, self.model)
         llm_config = build.llm_config
         llm_config.finalize_model_grads_func = finalize_model_grads
@@ -242,6 +243,7 @@ class Trainer:
         _print0(f"re-initialised {', '.join(parts)} from seed {cfg.train.seed}")
 
     def save(self) -> Path:
+        sync_params(self.model)
         it = self.state.iteration
         common = {
             "train_state": dataclasses.asdict(self.state),
@@ -306,6 +308,27 @@ class Trainer:
                 loss_sum, tokens = loss_sum + result.loss_sum, tokens + result.num_tokens
             out[name] = loss_sum / max(tokens, 1.0)
         return out
+
+    def run_iteration(self, microbatches: list | None = None) -> tuple:
+        """One training step, nothing else (no logging, evaluation or checkpoint): on the
+        next global batch of the run's data, or on ``microbatches`` when given. Returns the
+        step's result and the micro-batches it ran, which a caller may feed again to keep
+        data preparation out of a timing (benchmarks, the memory measurement)."""
+        for chunk in self.model:
+            chunk.train()
+        if microbatches is None:
+            microbatches = (self.data.next_global_batch().microbatches if self.data is not None
+                            else self._microbatches(self.batches, self.state.consumed_samples))
+        if self.routing:
+            self.routing.reset_step()
+        result = run_step(self.model, self.optimizer, self.scheduler, microbatches,
+                          self.cfg.data.seq_length, self.cfg.train.micro_batch_size,
+                          before_microbatch=self.routing.observe if self.routing else None)
+        if self.routing:
+            self.routing.end_step(self.layout.num_microbatches)
+        self.state.iteration += 1
+        self.state.consumed_samples += self.cfg.train.global_batch_size
+        return result, microbatches
 
     def train(self) -> int:
         cfg, state = self.cfg, self.state
