@@ -32,7 +32,11 @@ def test_local_attention_keeps_the_gathered_keys_and_values():
     llm = shape.llm
     # more than nothing, less than every layer's K and V of the whole sequence at all heads
     assert 0 < extra < llm.num_layers * 8192 * 2 * 2 * llm.q_dim
-    assert te.activations < local.activations
+    # Transformer Engine's CP attention keeps no gathered keys/values: CP costs it nothing
+    # beyond the halved sequence (compared kernel with kernel: the levers differ between them)
+    te_plain = estimate(shape, Parallel(), dataclasses.replace(work, kernels="te",
+                                                               seq_length=4096))[0]
+    assert te.activations - te_plain.activations < extra
 
 
 def test_from_config_and_flops_know_cp():
