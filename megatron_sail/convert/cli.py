@@ -6,9 +6,7 @@ import argparse
 import dataclasses
 import sys
 
-from megatron_sail.checkpointing.layout_files import CheckpointError
-from megatron_sail.config import ConfigError
-from megatron_sail.errors import report_error
+from megatron_sail.errors import UserError, report_error
 
 GiB = 2**30
 
@@ -150,14 +148,13 @@ def _run(ns) -> int:
 
 
 def main(argv: list[str]) -> int:
-    from megatron_sail.convert.errors import ConversionError
-    from megatron_sail.convert.outputs import exit_on_sigterm
+    from megatron_sail.utils.processes import exit_on_sigterm
 
     ns = _parser().parse_args(argv)
     try:
         with exit_on_sigterm():
             return _run(ns)
-    except (ConversionError, CheckpointError, ConfigError) as exc:
+    except UserError as exc:  # conversion, checkpoint, config and output errors
         report_error(f"convert {ns.command}", str(exc))
         return 2
     except (KeyboardInterrupt, SystemExit) as exc:  # Ctrl-C, or SIGTERM via exit_on_sigterm

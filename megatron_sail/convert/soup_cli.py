@@ -7,7 +7,7 @@ import sys
 import time
 
 from megatron_sail.checkpointing.layout_files import CheckpointError
-from megatron_sail.config import ConfigError
+from megatron_sail.errors import UserError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,14 +37,14 @@ def main(argv: list[str]) -> int:
                    "(never checkpoints of different architectures)")
     ns = p.parse_args(argv)
     from megatron_sail.convert.soup import soup_checkpoints
-    from megatron_sail.convert.outputs import exit_on_sigterm
+    from megatron_sail.utils.processes import exit_on_sigterm
 
     start = time.perf_counter()
     try:
         with exit_on_sigterm():
             out = soup_checkpoints(ns.ckpts, ns.out, _weights(ns.weights), ns.force,
                                    progress=True)
-    except (CheckpointError, ConfigError) as exc:
+    except UserError as exc:  # checkpoint, config and output errors
         print(f"sail soup: error: {exc}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, SystemExit) as exc:

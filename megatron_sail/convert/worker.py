@@ -17,6 +17,8 @@ import traceback
 import warnings
 from pathlib import Path
 
+from megatron_sail.utils.atomic import write_json_atomic
+
 
 def _write_job(spec: dict, cfg, layout) -> dict:
     import dataclasses
@@ -26,7 +28,8 @@ def _write_job(spec: dict, cfg, layout) -> dict:
     import torch
 
     from megatron_sail.checkpointing.dist_ckpt import save_checkpoint
-    from megatron_sail.checkpointing.layout_files import iteration_dir, sync_tree
+    from megatron_sail.checkpointing.layout_files import iteration_dir
+    from megatron_sail.utils.atomic import sync_tree
     from megatron_sail.compat.deferred_fsync import fsync_deferred
     from megatron_sail.config import config_to_dict
     from megatron_sail.convert import megatron_side as ms
@@ -186,9 +189,7 @@ def main(argv: list[str]) -> int:
             result, code = {"ok": False, "error": traceback.format_exc()}, 1
     result["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     out = results_dir / f"rank{rank}.json"
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result))
-    os.replace(tmp, out)  # before shutting down: a failed peer may leave collectives hanging
+    write_json_atomic(out, result)  # before shutting down: a failed peer may leave collectives hanging
     if code == 0:
         from megatron_sail.distributed.runtime import shutdown
 

@@ -101,7 +101,7 @@ _STOPPED = {"check": "", "prepare": "; no output was written"}
 
 
 def main(args: list[str]) -> int:
-    from megatron_sail.convert.outputs import exit_on_sigterm
+    from megatron_sail.utils.processes import exit_on_sigterm
 
     if not args or args[0] not in COMMANDS:
         print(USAGE, file=sys.stdout if args and args[0] in ("-h", "--help") else sys.stderr)

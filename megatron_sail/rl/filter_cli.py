@@ -162,7 +162,7 @@ def _filter(ns) -> int:
 
 def main(argv: list[str]) -> int:
     ns = _parser().parse_args(argv)
-    from megatron_sail.convert.outputs import exit_on_sigterm
+    from megatron_sail.utils.processes import exit_on_sigterm
 
     try:
         with exit_on_sigterm():
