@@ -9,8 +9,8 @@ with fewer LLM layers so that a run, model build included, stays well under 8 mi
 trains through the real ``Trainer`` (Megatron DDP, distributed optimizer, the pipeline
 schedule) on synthetic caption samples (one 448 px tile, 256 visual tokens each); the batches
 are built once and reused so that data generation is not timed. It prints tokens/s, model
-TFLOP/s per GPU and MFU (FLOPs from ``megatron_sail.scaling.flops``, peak from
-``scaling.hardware``), the peak of ``torch.cuda.max_memory_allocated`` next to the memory
+TFLOP/s per GPU and MFU (FLOPs from ``megatron_sail.costs.flops``, peak from
+``costs.hardware``), the peak of ``torch.cuda.max_memory_allocated`` next to the memory
 planner's estimate, for the local spec with torch's fused scaled-dot-product attention
 (``model.attention=sdpa``, flash kernels), the local spec with Megatron's unfused attention
 (S x S probabilities materialised) and - when Transformer Engine is importable - the TE spec,
@@ -27,7 +27,7 @@ import time
 
 
 def _peak(name: str, override: float | None) -> float:
-    from megatron_sail.scaling.hardware import peak_tflops
+    from megatron_sail.costs.hardware import peak_tflops
 
     if override:
         return override
@@ -65,7 +65,7 @@ def bench(impl: str, ns: argparse.Namespace, out_dir: str) -> dict:
 
     from megatron_sail.config import load_config
     from megatron_sail.distributed.runtime import detect_env, shutdown
-    from megatron_sail.scaling.flops import train_flops_per_iteration
+    from megatron_sail.costs.flops import train_flops_per_iteration
     from megatron_sail.scaling.memory import GIB, estimate, from_config, peak_stage
     from megatron_sail.training.step import run_step
     from megatron_sail.training.trainer import Trainer

@@ -118,13 +118,21 @@ def _forward_job(spec: dict, cfg, layout) -> dict:
     return {}
 
 
-def _generate_job(spec: dict, cfg, layout) -> dict:
-    from megatron_sail.generation.cli_job import run_job
-
-    return run_job(spec, cfg, layout, load_model(Path(spec["ckpt"]), cfg, layout))
+JOBS = {"write": _write_job, "forward": _forward_job}
 
 
-JOBS = {"write": _write_job, "forward": _forward_job, "generate": _generate_job}
+def _job(name: str):
+    """A job of this module by name, or the ``megatron_sail.<module>:<function>`` entry point
+    of a command built on conversion (``sail generate``): the caller names its own job, so
+    that convert/ never imports the layers above it."""
+    if name in JOBS:
+        return JOBS[name]
+    module, _, function = name.partition(":")
+    if not module.startswith("megatron_sail.") or not function:
+        raise ValueError(f"unknown rank job {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), function)
 
 
 def _start_up() -> None:
@@ -152,7 +160,7 @@ def _run(spec: dict) -> dict:
     cfg = config_from_dict(spec["config"])
     layout = resolve_layout(cfg, int(os.environ["WORLD_SIZE"]))
     init_model_parallel(layout, cfg.train.seed)
-    return JOBS[spec["job"]](spec, cfg, layout)
+    return _job(spec["job"])(spec, cfg, layout)
 
 
 def _meant_for_the_user(exc: BaseException) -> bool:

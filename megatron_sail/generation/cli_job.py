@@ -14,6 +14,15 @@ def tiles_per_prompt(prompts, pixels, img_id: int, patch: int) -> list[int]:
     return [sum(1 for t in p if t == img_id) // per_tile for p in prompts]
 
 
+def worker_job(spec: dict, cfg, layout) -> dict:
+    """Entry point of a conversion rank process (``convert.worker``) for ``sail generate``."""
+    from pathlib import Path
+
+    from megatron_sail.convert.worker import load_model
+
+    return run_job(spec, cfg, layout, load_model(Path(spec["ckpt"]), cfg, layout))
+
+
 def run_job(spec: dict, cfg, layout, chunks) -> dict:
     from safetensors.torch import load_file
 

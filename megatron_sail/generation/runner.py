@@ -96,7 +96,7 @@ def run_generation(ckpt: str | Path, prompts: list[list[int]],
                 "seed": opts.seed, "eos_token_ids": list(opts.eos_token_ids), "pad_id": pad,
                 "batch_size": opts.batch_size, "vocab_limit": opts.vocab_limit, "progress": opts.progress,
                 "group": opts.group}
-        results = run_ranks("generate", spec, opts.tp * opts.pp)
+        results = run_ranks("megatron_sail.generation.cli_job:worker_job", spec, opts.tp * opts.pp)
     picked = next(r for r in results if "generated" in r)
     return Generation(picked["generated"], picked["seconds"])
 

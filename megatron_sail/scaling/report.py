@@ -26,7 +26,7 @@ def table(fit: StudyFit) -> str:
         lines.append(f"- {fit.params_tokens_note}")
     lines.append("- exponents +/- one standard error (OLS on logs, covariance s^2 (X^T X)^-1); "
                  "N = trainable parameters without embeddings, D = all LLM tokens, C = model "
-                 "FLOPs from `megatron_sail.scaling.flops`")
+                 "FLOPs from `megatron_sail.costs.flops`")
     return "\n".join(lines) + "\n"
 
 

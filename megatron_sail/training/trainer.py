@@ -30,7 +30,7 @@ from megatron_sail.models.builder import MODULE_PREFIX, build_model, num_vision_
 from megatron_sail.models.init import initialize_weights
 from megatron_sail.training.metrics import MetricsWriter, Progress, truncate_after
 from megatron_sail.training.moe_metrics import RoutingStats
-from megatron_sail.scaling.mfu import ThroughputMeter
+from megatron_sail.training.throughput import ThroughputMeter
 from megatron_sail.training.adalrs import AdaLRS
 from megatron_sail.training.optimizer import (
     build_optimizer, build_scheduler, resume_conflicts, wrap_ddp,
