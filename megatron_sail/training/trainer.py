@@ -36,6 +36,7 @@ from megatron_sail.training.optimizer import (
     build_optimizer, build_scheduler, resume_conflicts, wrap_ddp,
 )
 from megatron_sail.training.signals import StopRequest
+from megatron_sail.training.startup import StartupClock
 from megatron_sail.training.step import run_step
 
 
@@ -111,10 +112,12 @@ def _val_text(record: dict):
 class Trainer:
     def __init__(self, cfg: SailConfig, env: DistEnv):
         self.cfg, self.env = cfg, env
-        init_process_group(env)
-        self.layout: Layout = resolve_layout(cfg, env.world_size, torch.cuda.is_available(),
-                                             transformer_engine_available())
-        init_model_parallel(self.layout, cfg.train.seed)
+        clock = StartupClock()
+        with clock.phase("process groups"):
+            init_process_group(env)
+            self.layout: Layout = resolve_layout(cfg, env.world_size, torch.cuda.is_available(),
+                                                 transformer_engine_available())
+            init_model_parallel(self.layout, cfg.train.seed)
         try:
             self.throughput = ThroughputMeter.for_run(
                 cfg, env.world_size, torch.cuda.is_available(), cfg.hardware.gpu,
@@ -134,9 +137,16 @@ class Trainer:
         if cfg.model.img_context_token_id is None:
             cfg.model.img_context_token_id = tokenizer.img_context_id
 
-        build = build_model(cfg, self.layout, cfg.model.img_context_token_id)
-        self.model = wrap_ddp(cfg, build.chunks, build.llm_config)
-        self.optimizer = build_optimizer(cfg, self.model)
+        # A checkpoint about to be loaded holds every weight: drawing them first is wasted.
+        self._latest = latest_checkpoint(self.ckpt_root)
+        restoring = self._latest is not None or bool(cfg.checkpoint.load)
+        with clock.phase("model build"):
+            build = build_model(cfg, self.layout, cfg.model.img_context_token_id,
+                                initialize=not restoring)
+            self.model = wrap_ddp(cfg, build.chunks, build.llm_config)
+            self.optimizer = build_optimizer(cfg, self.model)
+        clock.note("model build", "weights not initialised: loaded from the checkpoint"
+                   if restoring else "weights initialised")
         llm_config = build.llm_config
         llm_config.finalize_model_grads_func = finalize_model_grads
         llm_config.grad_scale_func = self.optimizer.scale_loss
@@ -145,7 +155,8 @@ class Trainer:
 
         self.state = TrainState(lr_decay_iters=_lr_decay_iters(cfg))
         self.resumed_from = self.parent = None
-        common = self._resume_or_init()
+        with clock.phase("checkpoint load"):
+            common = self._resume_or_init()
         self.lineage = common.get("lineage") or self._new_lineage()
         self.adalrs = None
         if cfg.optimizer.adalrs.enabled:
@@ -163,6 +174,7 @@ class Trainer:
         train = cfg.train
         self.tokenizer = tokenizer
         self.data = None  # the real-data loader (data.dataset=blend)
+        clock.start("data start-up")
         if cfg.data.dataset == "blend":
             # One rank per model-parallel group (TP x PP) decodes; the others receive.
             self.data = build_batches(cfg, tokenizer, cfg.data.blend, dp_rank, self.layout.dp,
@@ -182,6 +194,7 @@ class Trainer:
                     MismatchedImages(val), train.global_batch_size, train.micro_batch_size,
                     dp_rank, self.layout.dp),
             }
+        clock.stop("data start-up")
         self.routing = None
         if cfg.model.llm.is_moe:
             self.routing = RoutingStats(self.model, cfg.model.llm.num_layers,
@@ -198,10 +211,11 @@ class Trainer:
             truncate_after(self.output_dir / "metrics.jsonl", self.state.iteration)
             self.metrics = MetricsWriter(self.output_dir, cfg.run.tensorboard)
         self.stop = StopRequest()
+        _print0(clock.line())
 
     # -- checkpoints ----------------------------------------------------------------------
     def _resume_or_init(self) -> dict:
-        latest = latest_checkpoint(self.ckpt_root)
+        latest = self._latest
         if latest is not None:
             common = load_checkpoint(latest, self.model, self.optimizer,
                                      validate=lambda c: _check_compatible(c["config"], self.cfg, latest))
