@@ -73,8 +73,10 @@ def full_shape_params(preset: str, ns: argparse.Namespace) -> float:
 def _batch(cfg, img_id: int, device):
     import torch
 
+    from megatron_sail.config.presets import tokens_per_tile
+
     vit = cfg.model.vision
-    per_tile = (vit.image_size // vit.patch_size // 2) ** 2
+    per_tile = tokens_per_tile(vit.image_size, vit.patch_size)
     seq = cfg.data.seq_length
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(img_id + 1, cfg.model.llm.vocab_size, (1, seq), generator=gen)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from megatron_sail.config.presets import tokens_per_tile
 from megatron_sail.config.schema import SailConfig, chat_template_of
 from megatron_sail.data.blend import BlendError, is_blend_file, load_blend
 from megatron_sail.data.loader import BlendedSamples, LoaderSettings, MultimodalBatches
@@ -50,7 +51,8 @@ def sample_encoder(cfg: SailConfig, tokenizer) -> SampleEncoder:
     return SampleEncoder(
         tokenizer, image_size=image_size, max_tiles=data.max_tiles, num_frames=data.num_frames,
         min_tiles=data.min_tiles, use_thumbnail=data.use_thumbnail,
-        tokens_per_tile=(image_size // vit.patch_size // 2) ** 2,  # 2x2 pixel shuffle
+        tokens_per_tile=tokens_per_tile(image_size, vit.patch_size,
+                                        cfg.model.adapter.downsample_ratio),
         seq_length=data.seq_length, system_message=data.system_message,
         video_backend=data.video_backend, anyres=data.anyres,
         anyres_max_tokens=data.anyres_max_tokens, patch_size=vit.patch_size,

@@ -6,11 +6,13 @@ from __future__ import annotations
 import sys
 import time
 
+from megatron_sail.config.presets import tokens_per_tile
+
 
 def tiles_per_prompt(prompts, pixels, img_id: int, patch: int) -> list[int]:
     if pixels is None:
         return [0] * len(prompts)
-    per_tile = (pixels.shape[2] // (2 * patch)) * (pixels.shape[3] // (2 * patch))
+    per_tile = tokens_per_tile(pixels.shape[-1], patch)  # square tiles
     return [sum(1 for t in p if t == img_id) // per_tile for p in prompts]
 
 

@@ -18,6 +18,7 @@ from megatron_sail.checkpointing.layout_files import (
 )
 from megatron_sail.config import ConfigError, SailConfig, config_to_dict, save_config
 from megatron_sail.config.layout import Layout, resolve_layout
+from megatron_sail.config.presets import tokens_per_tile
 from megatron_sail.data.batches import GlobalBatches
 from megatron_sail.data.synthetic_dataset import MismatchedImages, SyntheticCaptionDataset
 from megatron_sail.data.build import build_batches
@@ -94,7 +95,8 @@ def _check_compatible(stored: dict, cfg: SailConfig, ckpt: Path) -> None:
 def _dataset(cfg: SailConfig, tokenizer, split: str) -> SyntheticCaptionDataset:
     vit = cfg.model.vision
     image_size = cfg.data.image_size or vit.image_size
-    tokens_per_image = (image_size // vit.patch_size // 2) ** 2
+    tokens_per_image = tokens_per_tile(image_size, vit.patch_size,
+                                       cfg.model.adapter.downsample_ratio)
     return SyntheticCaptionDataset(tokenizer, seed=cfg.train.seed, image_size=image_size,
                                    num_image_tokens=tokens_per_image,
                                    seq_length=cfg.data.seq_length, split=split)
