@@ -7,6 +7,7 @@ import dataclasses
 import sys
 
 from megatron_sail.errors import UserError, report_error
+from megatron_sail.utils.logs import get_logger
 
 GiB = 2**30
 
@@ -105,7 +106,7 @@ def _write(ns) -> int:
             opened = open_init_from(ns.vision, ns.llm, ns.dtype, ns.seed, ns.init_std)
             origin = {"kind": "init_from", "vision": ns.vision, "llm": ns.llm}
         for note in opened.notes:
-            print(f"note: {note}")
+            get_logger("megatron_sail.convert").info(f"note: {note}")
         report = write_checkpoint(opened, ns.out, ns.tp, ns.pp, ns.ep, origin, ranks=ranks)
     phases = ", ".join(f"{k} {v:.1f} s" for k, v in report.phases.items())
     layout = f"TP {ns.tp} x PP {ns.pp}" + (f" x EP {ns.ep}" if ns.ep > 1 else "")

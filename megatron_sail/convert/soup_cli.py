@@ -7,12 +7,12 @@ import sys
 import time
 
 from megatron_sail.checkpointing.layout_files import CheckpointError
-from megatron_sail.errors import UserError
+from megatron_sail.errors import UserError, report_error
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit 2, like every other refusal
-        print(f"sail soup: error: {message}", file=sys.stderr)
+        report_error("soup", message)
         sys.exit(2)
 
 
@@ -45,7 +45,7 @@ def main(argv: list[str]) -> int:
             out = soup_checkpoints(ns.ckpts, ns.out, _weights(ns.weights), ns.force,
                                    progress=True)
     except UserError as exc:  # checkpoint, config and output errors
-        print(f"sail soup: error: {exc}", file=sys.stderr)
+        report_error("soup", str(exc))
         return 2
     except (KeyboardInterrupt, SystemExit) as exc:
         code = exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 130

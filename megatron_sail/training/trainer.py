@@ -38,6 +38,7 @@ from megatron_sail.training.optimizer import (
 )
 from megatron_sail.training.signals import StopRequest
 from megatron_sail.training.startup import StartupClock
+from megatron_sail.utils.logs import get_logger
 from megatron_sail.training.step import run_step
 
 
@@ -51,9 +52,7 @@ class TrainState:
     lr_decay_iters: int = 0
 
 
-def _print0(*args) -> None:
-    if torch.distributed.get_rank() == 0:
-        print(*args, flush=True)
+log = get_logger("megatron_sail.training")
 
 
 def _lr_decay_iters(cfg: SailConfig) -> int:
@@ -213,7 +212,7 @@ class Trainer:
             truncate_after(self.output_dir / "metrics.jsonl", self.state.iteration)
             self.metrics = MetricsWriter(self.output_dir, cfg.run.tensorboard)
         self.stop = StopRequest()
-        _print0(clock.line())
+        log.info(clock.line())
 
     # -- checkpoints ----------------------------------------------------------------------
     def _resume_or_init(self) -> dict:
@@ -223,14 +222,14 @@ class Trainer:
                                      validate=lambda c: _check_compatible(c["config"], self.cfg, latest))
             self.state = TrainState(**common["train_state"])
             self.resumed_from = latest
-            _print0(f"resumed from {latest} at iteration {self.state.iteration}")
+            log.info(f"resumed from {latest} at iteration {self.state.iteration}")
             return common
         if self.cfg.checkpoint.load:
             source = resolve_checkpoint(self.cfg.checkpoint.load)
             load_checkpoint(source, self.model, optimizer=None, restore_rng=False,
                             validate=lambda c: _check_compatible(c["config"], self.cfg, source))
             self.parent = checkpoint_lineage(source)
-            _print0(f"initialised weights from {source}")
+            log.info(f"initialised weights from {source}")
             if self.cfg.checkpoint.reinit:
                 self._reinit(self.cfg.checkpoint.reinit)
             # The weights changed behind the optimizer: where it keeps its own fp32 copies
@@ -254,7 +253,7 @@ class Trainer:
         prefixes = tuple(f"{MODULE_PREFIX[p]}." for p in parts)
         initialize_weights([getattr(c, "module", c) for c in self.model], cfg.train.seed,
                            cfg.model.init_std, num_layers, prefixes)
-        _print0(f"re-initialised {', '.join(parts)} from seed {cfg.train.seed}")
+        log.info(f"re-initialised {', '.join(parts)} from seed {cfg.train.seed}")
 
     def save(self) -> Path:
         it = self.state.iteration
@@ -279,7 +278,7 @@ class Trainer:
         snapshot = (lambda d: self.adalrs.save_snapshot(d / ADALRS_SNAPSHOT)) if self.adalrs else None
         path = save_checkpoint(self.ckpt_root, it, self.model, self.optimizer, common, marker,
                                self.cfg.checkpoint.keep_last, also=snapshot)
-        _print0(f"saved checkpoint {path}")
+        log.info(f"saved checkpoint {path}")
         return path
 
     # -- steps ----------------------------------------------------------------------------
@@ -326,7 +325,7 @@ class Trainer:
         cfg, state = self.cfg, self.state
         train = cfg.train
         lay = self.layout
-        _print0(f"layout: world {lay.world_size} = TP {lay.tp} x PP {lay.pp} x DP {lay.dp}"
+        log.info(f"layout: world {lay.world_size} = TP {lay.tp} x PP {lay.pp} x DP {lay.dp}"
                 f" (VPP {lay.vpp}, SP {lay.sequence_parallel}, vision TP {lay.vision_tp}),"
                 f" {lay.num_microbatches} micro-batches/step, output {self.output_dir}")
         progress = Progress(state.iteration, train.train_iters)
@@ -393,11 +392,11 @@ class Trainer:
                 last_saved = state.iteration
             if stop or exit_now:
                 why = f"signal {self.stop.received}" if stop else f"exit_interval {train.exit_interval}"
-                _print0(f"stopping at iteration {state.iteration} ({why}); rerun to resume")
+                log.info(f"stopping at iteration {state.iteration} ({why}); rerun to resume")
                 return 0
         if last_saved != state.iteration:
             self.save()
-        _print0(f"done: {state.iteration} iterations")
+        log.info(f"done: {state.iteration} iterations")
         return 0
 
     def close(self) -> None:
