@@ -22,7 +22,7 @@ in one process a case's peak includes the previous cases' weights, gradients and
 That is what made an earlier version of this benchmark report 81.6 GiB for the unfused
 attention, run after the SDPA case, where the planner said 54.7.
 Reported per case: median step time after the warm-up steps, tokens/s, model TFLOP/s
-(``megatron_sail.scaling.flops``; packed samples counted at their own length), MFU against the
+(``megatron_sail.costs.flops``; packed samples counted at their own length), MFU against the
 GPU's dense bf16 peak, ``torch.cuda.max_memory_allocated`` and the planner's estimate. On CPU
 the memory columns stay empty (no allocator counters) and MFU needs ``--peak-tflops``.
 """
@@ -239,8 +239,8 @@ def _planned(cfg, case: str) -> float:
 
 
 def _model_flops(cfg, case: str) -> float:
-    from megatron_sail.scaling.flops import batch_flops, train_flops_per_iteration
-    from megatron_sail.scaling.shapes import shape_from_config
+    from megatron_sail.costs.flops import batch_flops, train_flops_per_iteration
+    from megatron_sail.costs.shapes import shape_from_config
 
     if case == "full":  # each packed sample at its own length, with its tile
         shape = shape_from_config(cfg)
@@ -329,7 +329,7 @@ def _spawn(index: int, kind: str, overrides: list[str], ns, tmp: str) -> dict:
 def _peak(ns) -> float | None:
     import torch
 
-    from megatron_sail.scaling.hardware import peak_tflops
+    from megatron_sail.costs.hardware import peak_tflops
 
     if ns.peak_tflops:
         return ns.peak_tflops

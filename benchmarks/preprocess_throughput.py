@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 
 from megatron_sail.data.media import decode_image, dynamic_tiles, normalize, read_media_file  # noqa: E402
 # The release's preprocessing, reimplemented literally for the tests, is the baseline here.
-from tests.data.media.internvl_reference import dynamic_preprocess, normalize_tensor, to_tensor  # noqa: E402
+from benchmarks.internvl_reference import dynamic_preprocess, normalize_tensor, to_tensor  # noqa: E402
 
 ASPECTS = [(4, 3), (3, 4), (16, 9), (9, 16), (1, 1), (3, 2), (2, 3), (2, 1), (1, 2), (5, 4), (21, 9)]
 

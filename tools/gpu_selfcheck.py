@@ -73,13 +73,14 @@ def _batches(cfg, count: int, seed: int = 0):
     """``count`` micro-batches of random text around one tile of random pixels each."""
     import torch
 
+    from megatron_sail.config.presets import tokens_per_tile
     from megatron_sail.data.batches import MicroBatch
 
     g = torch.Generator().manual_seed(seed)
     b, s = cfg.train.micro_batch_size, cfg.data.seq_length
     vit = cfg.model.vision
     size = cfg.data.image_size or vit.image_size
-    n_img = (size // vit.patch_size // 2) ** 2
+    n_img = tokens_per_tile(size, vit.patch_size)
     out = []
     for _ in range(count):
         tokens = torch.randint(10, cfg.model.llm.vocab_size, (b, s), generator=g)

@@ -163,6 +163,20 @@ def save_training_state(directory: Path, chunks, optimizer) -> None:
     torch.distributed.barrier()
 
 
+def _load_failure(exc: BaseException) -> str:
+    """One line for a failed load. torch's CheckpointException carries every rank's
+    traceback in its text; the user needs the error and the ranks that met it."""
+    failures = getattr(exc, "failures", None)
+    if isinstance(failures, dict) and failures:
+        first = failures[min(failures)]
+        inner = first[0] if isinstance(first, tuple) else first
+        what = f"{type(inner).__name__}: {inner}" if str(inner) else type(inner).__name__
+        ranks = ", ".join(str(r) for r in sorted(failures))
+        return (f"{what.splitlines()[0]} reading its tensor files (rank(s) {ranks}); "
+                "a file is damaged or incomplete")
+    return str(exc) or type(exc).__name__
+
+
 def _load_tensors(ckpt_dir: Path, chunks, optimizer, rng: bool) -> None:
     state = model_sharded_state_dict(chunks)
     optimizer = optimizer if _has_params(optimizer) else None
@@ -175,7 +189,7 @@ def _load_tensors(ckpt_dir: Path, chunks, optimizer, rng: bool) -> None:
     try:
         loaded = dist_checkpointing.load(state, str(ckpt_dir))
     except (Exception, TorchCheckpointException) as exc:  # all mean "cannot load"
-        raise CheckpointError(f"{ckpt_dir}: cannot load checkpoint: {exc}") from exc
+        raise CheckpointError(f"{ckpt_dir}: cannot load checkpoint: {_load_failure(exc)}") from exc
     for i, chunk in enumerate(_unwrap(chunks)):
         chunk.load_state_dict(loaded["model" if len(chunks) == 1 else f"model{i}"])
     if optimizer is not None:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
 from megatron_sail.errors import UserError
+from megatron_sail.utils.atomic import rename_synced, write_atomic
 
 LATEST_FILE = "latest_checkpointed_iteration.txt"
 MARKER_FILE = "sail_checkpoint.json"  # written last: a directory without it is not a checkpoint
@@ -26,70 +25,6 @@ class UnsafeCheckpointError(CheckpointError):
 
 def iteration_dir(root: Path, iteration: int) -> Path:
     return Path(root) / f"iter_{iteration:07d}"
-
-
-def fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def sync_tree(root: Path) -> None:
-    """Every file under ``root`` on disk, then the directory entries (deepest first). Files a
-    writer already synced cost next to nothing."""
-    for dirpath, _, files in sorted(os.walk(root), key=lambda w: -w[0].count(os.sep)):
-        for name in files:
-            fsync_path(Path(dirpath) / name)
-        fsync_path(Path(dirpath))
-
-
-class SyncBehind:
-    """Puts a writer's files on disk in a background thread while it goes on writing, so
-    that the disk works from the first bytes on and the sync before publishing finds little
-    left. The writer reports ``wrote(path, nbytes)`` after each write - a sync of ``path``
-    starts whenever ``chunk`` bytes have piled up - and ``closed(path)`` when a file is done;
-    ``wait()`` returns once everything reported is synced (and raises the first error)."""
-
-    def __init__(self, chunk: int = 256 * 2**20):
-        self.chunk = chunk
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="sync-behind")
-        self._unsynced: dict[Path, int] = {}
-        self._syncs: list[Future] = []
-
-    def wrote(self, path: Path, nbytes: int) -> None:
-        self._unsynced[path] = self._unsynced.get(path, 0) + nbytes
-        if self._unsynced[path] >= self.chunk:
-            self.closed(path)
-
-    def closed(self, path: Path) -> None:
-        self._unsynced[path] = 0
-        self._syncs.append(self._pool.submit(fsync_path, path))
-
-    def wait(self) -> None:
-        try:
-            for future in self._syncs:
-                future.result()
-        finally:
-            self._pool.shutdown()
-
-
-def rename_synced(src: Path, dst: Path) -> None:
-    """Put the directory ``src`` in place as ``dst`` durably: its contents on disk first, then
-    the rename, then the parent's entry - a crash or power cut leaves ``dst`` whole or absent."""
-    sync_tree(src)
-    os.replace(src, dst)
-    fsync_path(Path(dst).parent)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_marker(ckpt_dir: Path) -> dict:

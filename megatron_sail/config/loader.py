@@ -19,6 +19,7 @@ from megatron_sail.config.fields import range_errors
 from megatron_sail.config.presets import PRESETS
 from megatron_sail.config.schema import SailConfig, chat_template_of
 from megatron_sail.errors import UserError, bounded, shown
+from megatron_sail.utils.atomic import write_atomic
 
 
 class ConfigError(UserError, ValueError):
@@ -285,7 +286,4 @@ def config_from_dict(tree: dict) -> SailConfig:
 
 
 def save_config(cfg, path: str | Path) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-    tmp.replace(path)
+    write_atomic(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

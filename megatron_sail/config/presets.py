@@ -35,6 +35,14 @@ class AdapterArch:
     norm_eps: float = num(1e-5, gt=0)
 
 
+def tokens_per_tile(image_size: int, patch_size: int, downsample_ratio: float = 0.5) -> int:
+    """LLM tokens of one square image tile: its patch grid (``image_size / patch_size`` per
+    side) merged by the adapter's pixel shuffle (ratio 0.5: 2x2 patches -> one token). The one
+    place this is computed: the data pipeline, the model and the FLOP counts must agree."""
+    merge = round(1 / downsample_ratio)
+    return (image_size // patch_size // merge) ** 2
+
+
 @dataclass
 class LLMArch:
     """Qwen3 decoder: dense, or Mixture-of-Experts when ``num_experts`` is set (Qwen3-MoE:

@@ -16,7 +16,7 @@ FREEZABLE = ("vision", "adapter", "llm")
 # Choices of data.video_backend / data.image_decoder ("auto" picks per file or per machine).
 VIDEO_BACKENDS = ("auto", "dali-gpu", "dali-cpu", "pyav")
 IMAGE_DECODERS = ("auto", "pillow", "dali-cpu", "dali-gpu")
-GPU_KINDS = ("h100", "h100-pcie", "h200")  # the GPUs scaling/hardware.py knows
+GPU_KINDS = ("h100", "h100-pcie", "h200")  # the GPUs costs/hardware.py knows
 CHAT_TEMPLATES = ("univl-chat", "chatml")  # data/conversation.py renders both
 MAX_GLOBAL_BATCH = 1 << 24   # samples per step; SAIL-VL2 trains with a few thousand
 MAX_SEQ_LENGTH = 1 << 20

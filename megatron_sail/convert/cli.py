@@ -6,9 +6,8 @@ import argparse
 import dataclasses
 import sys
 
-from megatron_sail.checkpointing.layout_files import CheckpointError
-from megatron_sail.config import ConfigError
-from megatron_sail.errors import report_error
+from megatron_sail.errors import UserError, report_error
+from megatron_sail.utils.logs import get_logger
 
 GiB = 2**30
 
@@ -107,7 +106,7 @@ def _write(ns) -> int:
             opened = open_init_from(ns.vision, ns.llm, ns.dtype, ns.seed, ns.init_std)
             origin = {"kind": "init_from", "vision": ns.vision, "llm": ns.llm}
         for note in opened.notes:
-            print(f"note: {note}")
+            get_logger("megatron_sail.convert").info(f"note: {note}")
         report = write_checkpoint(opened, ns.out, ns.tp, ns.pp, ns.ep, origin, ranks=ranks)
     phases = ", ".join(f"{k} {v:.1f} s" for k, v in report.phases.items())
     layout = f"TP {ns.tp} x PP {ns.pp}" + (f" x EP {ns.ep}" if ns.ep > 1 else "")
@@ -150,14 +149,13 @@ def _run(ns) -> int:
 
 
 def main(argv: list[str]) -> int:
-    from megatron_sail.convert.errors import ConversionError
-    from megatron_sail.convert.outputs import exit_on_sigterm
+    from megatron_sail.utils.processes import exit_on_sigterm
 
     ns = _parser().parse_args(argv)
     try:
         with exit_on_sigterm():
             return _run(ns)
-    except (ConversionError, CheckpointError, ConfigError) as exc:
+    except UserError as exc:  # conversion, checkpoint, config and output errors
         report_error(f"convert {ns.command}", str(exc))
         return 2
     except (KeyboardInterrupt, SystemExit) as exc:  # Ctrl-C, or SIGTERM via exit_on_sigterm

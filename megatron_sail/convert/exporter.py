@@ -19,14 +19,14 @@ from typing import Optional
 
 import torch
 
-from megatron_sail.checkpointing.layout_files import SyncBehind, resolve_checkpoint
+from megatron_sail.checkpointing.layout_files import resolve_checkpoint
 from megatron_sail.config import SailConfig, config_from_dict
 from megatron_sail.convert import hf_config
 from megatron_sail.convert.dcp_reader import DistCheckpointReader
 from megatron_sail.convert.errors import ConversionError
 from megatron_sail.convert.kinds import Index, Mapping
 from megatron_sail.convert.progress import Progress
-from megatron_sail.convert.outputs import staging_dir
+from megatron_sail.utils.atomic import SyncBehind, staging_dir
 from megatron_sail.convert.safetensors_io import (
     DTYPE_NAMES, INDEX_FILE, SINGLE_FILE, PlannedTensor, ShardedWriter, parse_size,
 )

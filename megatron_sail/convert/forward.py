@@ -3,8 +3,6 @@ chosen TP/PP and write full-vocabulary fp32 logits - for parity debugging."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -18,6 +16,7 @@ from megatron_sail.convert.errors import ConversionError, raise_if
 from megatron_sail.convert.exporter import open_checkpoint
 from megatron_sail.convert.procs import peak_rss, run_ranks
 from megatron_sail.convert.sources import PRECISIONS
+from megatron_sail.utils.atomic import staged_file
 
 DEFAULT_IMG_CONTEXT_ID = 151671
 
@@ -101,18 +100,11 @@ def run_forward(ckpt: str | Path, inputs_path: str | Path, out: str | Path, tp: 
     length = inputs["input_ids"].shape[1]
     cfg = forward_config(cfg, tp, pp, dtype, length)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent)
-    os.close(fd)
-    try:
+    with staged_file(out) as tmp:   # the rank writing logits writes here; whole file or none
         spec = {"config": config_to_dict(cfg), "ckpt": str(ckpt_dir), "inputs": str(inputs_path),
-                "out": tmp, "pad_id": 0 if img_id != 0 else 1}
+                "out": str(tmp), "pad_id": 0 if img_id != 0 else 1}
         results = run_ranks("forward", spec, tp * pp)
         logits = load_file(tmp)["logits"]
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return ForwardReport(out, tuple(logits.shape), peak_rss(results))
 
 

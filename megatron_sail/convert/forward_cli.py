@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from megatron_sail.checkpointing.layout_files import CheckpointError
-from megatron_sail.config import ConfigError
-from megatron_sail.errors import report_error
+from megatron_sail.errors import UserError, report_error
 
 
 def main(argv: list[str]) -> int:
@@ -27,15 +25,14 @@ def main(argv: list[str]) -> int:
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
                    help="precision to run in (default fp32, whatever the checkpoint stores)")
     ns = p.parse_args(argv)
-    from megatron_sail.convert.errors import ConversionError
     from megatron_sail.convert.forward import run_forward
-    from megatron_sail.convert.outputs import exit_on_sigterm
+    from megatron_sail.utils.processes import exit_on_sigterm
 
     try:
         with exit_on_sigterm():
             r = run_forward(ns.ckpt, ns.inputs, ns.out, ns.tp, ns.pp, ns.img_context_token_id,
                             ns.dtype)
-    except (ConversionError, CheckpointError, ConfigError) as exc:
+    except UserError as exc:  # conversion, checkpoint, config and output errors
         report_error("forward", str(exc))
         return 2
     except (KeyboardInterrupt, SystemExit) as exc:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Optional
 from megatron_sail.config import ConfigError, SailConfig, config_to_dict
 from megatron_sail.config.layout import resolve_layout
 from megatron_sail.convert.errors import ConversionError, listing
-from megatron_sail.convert.outputs import staging_dir
+from megatron_sail.utils.atomic import staging_dir
 from megatron_sail.convert.procs import Ranks, peak_rss
 
 if TYPE_CHECKING:  # sources imports torch, which the rank processes should not wait for

@@ -20,7 +20,7 @@ from typing import BinaryIO, Optional
 
 import torch
 
-from megatron_sail.checkpointing.layout_files import SyncBehind
+from megatron_sail.utils.atomic import SyncBehind
 from megatron_sail.convert.errors import ConversionError, listing
 
 INDEX_FILE = "model.safetensors.index.json"

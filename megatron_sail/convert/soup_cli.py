@@ -7,12 +7,12 @@ import sys
 import time
 
 from megatron_sail.checkpointing.layout_files import CheckpointError
-from megatron_sail.config import ConfigError
+from megatron_sail.errors import UserError, report_error
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit 2, like every other refusal
-        print(f"sail soup: error: {message}", file=sys.stderr)
+        report_error("soup", message)
         sys.exit(2)
 
 
@@ -37,15 +37,15 @@ def main(argv: list[str]) -> int:
                    "(never checkpoints of different architectures)")
     ns = p.parse_args(argv)
     from megatron_sail.convert.soup import soup_checkpoints
-    from megatron_sail.convert.outputs import exit_on_sigterm
+    from megatron_sail.utils.processes import exit_on_sigterm
 
     start = time.perf_counter()
     try:
         with exit_on_sigterm():
             out = soup_checkpoints(ns.ckpts, ns.out, _weights(ns.weights), ns.force,
                                    progress=True)
-    except (CheckpointError, ConfigError) as exc:
-        print(f"sail soup: error: {exc}", file=sys.stderr)
+    except UserError as exc:  # checkpoint, config and output errors
+        report_error("soup", str(exc))
         return 2
     except (KeyboardInterrupt, SystemExit) as exc:
         code = exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 130

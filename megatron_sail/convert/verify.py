@@ -12,6 +12,7 @@ from typing import Optional
 import torch
 from safetensors.torch import load_file
 
+from megatron_sail.config.presets import tokens_per_tile
 from megatron_sail.convert import hf_config
 from megatron_sail.convert.errors import ConversionError
 from megatron_sail.convert.exporter import open_checkpoint
@@ -38,7 +39,7 @@ def make_inputs(model, img_context_id: int, seed: int, tiles: int = 2, text: int
     ``text`` random text tokens."""
     gen = torch.Generator().manual_seed(seed)
     vit = model.vision
-    per_tile = (vit.image_size // vit.patch_size // 2) ** 2
+    per_tile = tokens_per_tile(vit.image_size, vit.patch_size)
     ids = torch.randint(0, model.llm.vocab_size, (tiles, per_tile + text), generator=gen)
     ids[ids == img_context_id] = (img_context_id + 1) % model.llm.vocab_size
     for row in range(tiles):

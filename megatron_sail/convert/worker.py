@@ -17,6 +17,8 @@ import traceback
 import warnings
 from pathlib import Path
 
+from megatron_sail.utils.atomic import write_json_atomic
+
 
 def _write_job(spec: dict, cfg, layout) -> dict:
     import dataclasses
@@ -26,7 +28,8 @@ def _write_job(spec: dict, cfg, layout) -> dict:
     import torch
 
     from megatron_sail.checkpointing.dist_ckpt import save_checkpoint
-    from megatron_sail.checkpointing.layout_files import iteration_dir, sync_tree
+    from megatron_sail.checkpointing.layout_files import iteration_dir
+    from megatron_sail.utils.atomic import sync_tree
     from megatron_sail.compat.deferred_fsync import fsync_deferred
     from megatron_sail.config import config_to_dict
     from megatron_sail.convert import megatron_side as ms
@@ -115,13 +118,21 @@ def _forward_job(spec: dict, cfg, layout) -> dict:
     return {}
 
 
-def _generate_job(spec: dict, cfg, layout) -> dict:
-    from megatron_sail.generation.cli_job import run_job
-
-    return run_job(spec, cfg, layout, load_model(Path(spec["ckpt"]), cfg, layout))
+JOBS = {"write": _write_job, "forward": _forward_job}
 
 
-JOBS = {"write": _write_job, "forward": _forward_job, "generate": _generate_job}
+def _job(name: str):
+    """A job of this module by name, or the ``megatron_sail.<module>:<function>`` entry point
+    of a command built on conversion (``sail generate``): the caller names its own job, so
+    that convert/ never imports the layers above it."""
+    if name in JOBS:
+        return JOBS[name]
+    module, _, function = name.partition(":")
+    if not module.startswith("megatron_sail.") or not function:
+        raise ValueError(f"unknown rank job {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), function)
 
 
 def _start_up() -> None:
@@ -149,7 +160,7 @@ def _run(spec: dict) -> dict:
     cfg = config_from_dict(spec["config"])
     layout = resolve_layout(cfg, int(os.environ["WORLD_SIZE"]))
     init_model_parallel(layout, cfg.train.seed)
-    return JOBS[spec["job"]](spec, cfg, layout)
+    return _job(spec["job"])(spec, cfg, layout)
 
 
 def _meant_for_the_user(exc: BaseException) -> bool:
@@ -186,9 +197,7 @@ def main(argv: list[str]) -> int:
             result, code = {"ok": False, "error": traceback.format_exc()}, 1
     result["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     out = results_dir / f"rank{rank}.json"
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result))
-    os.replace(tmp, out)  # before shutting down: a failed peer may leave collectives hanging
+    write_json_atomic(out, result)  # before shutting down: a failed peer may leave collectives hanging
     if code == 0:
         from megatron_sail.distributed.runtime import shutdown
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Optional
 
 from megatron_sail.config.layout import segment_pad_multiple
+from megatron_sail.config.presets import tokens_per_tile
 from megatron_sail.config.schema import SailConfig, chat_template_of
 from megatron_sail.data.blend import BlendError, is_blend_file, load_blend
 from megatron_sail.data.loader import BlendedSamples, LoaderSettings, MultimodalBatches
+from megatron_sail.data.media.backends import require_backend
 from megatron_sail.data.sample_encoder import SampleEncoder
 from megatron_sail.data.sources import SampleSource, open_source
 
@@ -41,11 +43,17 @@ def image_decoder(requested: str) -> str:
 
 def sample_encoder(cfg: SailConfig, tokenizer) -> SampleEncoder:
     data, vit = cfg.data, cfg.model.vision
+    # A backend asked for by name is checked here, once, not in a decoding worker per file.
+    if data.video_backend != "auto":
+        require_backend(data.video_backend, "data.video_backend")
+    if data.image_decoder in ("dali-cpu", "dali-gpu"):
+        require_backend(data.image_decoder, "data.image_decoder")
     image_size = data.image_size or vit.image_size
     return SampleEncoder(
         tokenizer, image_size=image_size, max_tiles=data.max_tiles, num_frames=data.num_frames,
         min_tiles=data.min_tiles, use_thumbnail=data.use_thumbnail,
-        tokens_per_tile=(image_size // vit.patch_size // 2) ** 2,  # 2x2 pixel shuffle
+        tokens_per_tile=tokens_per_tile(image_size, vit.patch_size,
+                                        cfg.model.adapter.downsample_ratio),
         seq_length=data.seq_length, system_message=data.system_message,
         video_backend=data.video_backend, anyres=data.anyres,
         anyres_max_tokens=data.anyres_max_tokens, patch_size=vit.patch_size,

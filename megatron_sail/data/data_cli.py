@@ -8,7 +8,8 @@ import re
 import signal
 import sys
 
-from megatron_sail.data.media.backends import BACKEND_CHOICES
+from megatron_sail.data.media.backends import BACKEND_CHOICES, require_backend
+from megatron_sail.errors import UserError
 
 USAGE = """sail data check PATH... [--tokenizer PATH --seq-length N] [options]
     PATH: a JSONL file, a shard directory or a blend YAML. Reports every problem as
@@ -63,6 +64,8 @@ def _settings(ns):
 
     if ns.seq_length is not None and ns.tokenizer is None:
         raise ValueError("--seq-length needs --tokenizer (lengths are counted in tokens)")
+    if ns.video_backend != "auto":  # once, here, not in a worker for every video
+        require_backend(ns.video_backend, "--video-backend")
     return Settings(image_size=ns.image_size, min_tiles=ns.min_tiles, max_tiles=ns.max_tiles,
                     use_thumbnail=not ns.no_thumbnail, num_frames=ns.num_frames, tokenizer=ns.tokenizer,
                     seq_length=ns.seq_length, video_backend=ns.video_backend)
@@ -74,7 +77,7 @@ def cmd_check(args: list[str]) -> int:
     ns = _parser("check").parse_args(args)
     try:
         report = check(ns.paths, _settings(ns), ns.root, ns.workers, on_problem=print)
-    except (ValueError, OSError) as exc:  # bad inputs, tokenizer or output directory
+    except (ValueError, OSError, UserError) as exc:  # inputs, tokenizer, output, backend
         print(f"sail data check: error: {exc}", file=sys.stderr)
         return 2
     print(report.summary())
@@ -88,7 +91,7 @@ def cmd_prepare(args: list[str]) -> int:
     try:
         report, index = prepare(ns.paths, ns.out, _settings(ns), ns.shard_size, ns.root, ns.workers,
                                 on_problem=lambda p: print(f"skipped {p}"))
-    except (ValueError, OSError) as exc:  # bad inputs, tokenizer or output directory
+    except (ValueError, OSError, UserError) as exc:  # inputs, tokenizer, output, backend
         print(f"sail data prepare: error: {exc}", file=sys.stderr)
         return 2
     print(report.summary())
@@ -101,7 +104,7 @@ _STOPPED = {"check": "", "prepare": "; no output was written"}
 
 
 def main(args: list[str]) -> int:
-    from megatron_sail.convert.outputs import exit_on_sigterm
+    from megatron_sail.utils.processes import exit_on_sigterm
 
     if not args or args[0] not in COMMANDS:
         print(USAGE, file=sys.stdout if args and args[0] in ("-h", "--help") else sys.stderr)

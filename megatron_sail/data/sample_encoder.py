@@ -16,6 +16,7 @@ from typing import Protocol
 
 import torch
 
+from megatron_sail.config import presets
 from megatron_sail.config.schema import IMAGE_DECODERS
 from megatron_sail.data.chat import ChatTokenizer
 from megatron_sail.data.conversation import encode_conversation, encoded_length
@@ -154,7 +155,8 @@ class SampleEncoder:
         self.image_size = image_size
         self.min_tiles, self.max_tiles, self.use_thumbnail = min_tiles, max_tiles, use_thumbnail
         self.num_frames = num_frames
-        self.tokens_per_tile = tokens_per_tile if tokens_per_tile is not None else (image_size // 28) ** 2
+        self.tokens_per_tile = (tokens_per_tile if tokens_per_tile is not None
+                                else presets.tokens_per_tile(image_size, patch_size))
         self.seq_length = seq_length
         self.system_message = system_message
         self.chat_template = chat_template

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 from megatron_sail.data.records import Record, RecordError, parse_record
 from megatron_sail.data.sample_encoder import MemberMedia, SampleError, SampleErrorKind
+from megatron_sail.utils.atomic import fsync_path, rename_synced
 
 INDEX_FILE = "index.json"
 FORMAT = "sail-shards/1"
@@ -201,7 +202,7 @@ class ShardWriter:
         if self._tar is not None:
             self._tar.close()  # writes the end-of-archive blocks
             self._file.flush()
-            os.fsync(self._file.fileno())
+            fsync_path(self._file.name)  # now, while the next shard is written
             self.index.shards[-1]["bytes"] = self._file.tell()
             self._file.close()
             self._tar = self._file = None
@@ -210,11 +211,9 @@ class ShardWriter:
         self._close_shard()
         with open(os.path.join(self.tmp_dir, INDEX_FILE), "w", encoding="utf-8") as f:
             json.dump(self.index.to_json(), f, ensure_ascii=False)
-            f.flush()
-            os.fsync(f.fileno())
         if os.path.isdir(self.out_dir):
             os.rmdir(self.out_dir)  # empty (checked on construction)
-        os.rename(self.tmp_dir, self.out_dir)
+        rename_synced(self.tmp_dir, self.out_dir)
         return self.index
 
     def abort(self) -> None:

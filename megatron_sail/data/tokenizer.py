@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from collections.abc import Iterable
 
 import sentencepiece as spm
@@ -13,6 +12,7 @@ import sentencepiece as spm
 from megatron_sail.data.chat import template_texts
 from megatron_sail.data.special_tokens import SPECIAL_TOKENS, SpecialTokenIds
 from megatron_sail.data.synthetic import corpus
+from megatron_sail.utils.atomic import write_bytes_atomic
 
 __all__ = [
     "SPECIAL_TOKENS",
@@ -94,24 +94,6 @@ def _train_proto(texts: list[str], vocab_size: int) -> bytes:
     return out.getvalue()
 
 
-def _write_atomic(path: str, data: bytes) -> None:
-    # Several ranks may train concurrently; each writes identical bytes and
-    # os.replace guarantees readers never see a partial file.
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def synthetic_training_texts() -> list[str]:
     return corpus() + template_texts()
 
@@ -121,7 +103,9 @@ def train_synthetic_tokenizer(path: str, vocab_size: int = 256) -> SentencePiece
         proto = _train_proto(synthetic_training_texts(), vocab_size)
     except RuntimeError as e:
         raise ValueError(f"cannot train synthetic tokenizer with vocab_size={vocab_size}: {e}") from e
-    _write_atomic(path, proto)
+    # Several ranks may train concurrently; each writes identical bytes, readers never see a
+    # partial file.
+    write_bytes_atomic(path, proto)
     return SentencePieceTokenizer(path)
 
 

@@ -88,9 +88,8 @@ def _raw(ns) -> int:
     import torch
     from safetensors.torch import load_file, save_file
 
-    import os
-
     from megatron_sail.generation.runner import run_generation, to_padded
+    from megatron_sail.utils.atomic import staged_file
 
     if not ns.out:
         raise GenerateError("--inputs needs --out OUT.safetensors")
@@ -105,11 +104,8 @@ def _raw(ns) -> int:
         raise GenerateError(f"{ns.inputs}: input_ids must be an int64 tensor [batch, length]")
     pixels = inputs.get("pixel_values")
     result = run_generation(ns.ckpt, ids.tolist(), pixels, _options(ns, tuple(ns.eos_token_id)))
-    out = Path(ns.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")   # as sail forward: whole file or none
-    save_file({"generated_ids": to_padded(result.generated)}, str(tmp))
-    os.replace(tmp, out)
+    with staged_file(ns.out) as tmp:   # as sail forward: whole file or none
+        save_file({"generated_ids": to_padded(result.generated)}, str(tmp))
     print(f"wrote generated_ids [{len(result.generated)}, "
           f"{max(len(g) for g in result.generated)}] to {ns.out} "
           f"({result.tokens / max(result.seconds, 1e-9):.1f} tokens/s)")
@@ -213,7 +209,7 @@ def read_prompt_file(path: str, encoder, thinking: bool, command: str,
 
 
 def _jsonl(ns) -> int:
-    from megatron_sail.checkpointing.layout_files import write_atomic
+    from megatron_sail.utils.atomic import write_atomic
     from megatron_sail.generation.runner import run_generation
 
     if not ns.output:
@@ -240,7 +236,7 @@ def _jsonl(ns) -> int:
 def main(argv: list[str]) -> int:
     """User errors (checkpoint, config, record, option) are reported by ``sail``'s main."""
     ns = _parser().parse_args(argv)
-    from megatron_sail.convert.outputs import exit_on_sigterm
+    from megatron_sail.utils.processes import exit_on_sigterm
 
     with exit_on_sigterm():
         if ns.inputs:

@@ -6,12 +6,23 @@ from __future__ import annotations
 import sys
 import time
 
+from megatron_sail.config.presets import tokens_per_tile
+
 
 def tiles_per_prompt(prompts, pixels, img_id: int, patch: int) -> list[int]:
     if pixels is None:
         return [0] * len(prompts)
-    per_tile = (pixels.shape[2] // (2 * patch)) * (pixels.shape[3] // (2 * patch))
+    per_tile = tokens_per_tile(pixels.shape[-1], patch)  # square tiles
     return [sum(1 for t in p if t == img_id) // per_tile for p in prompts]
+
+
+def worker_job(spec: dict, cfg, layout) -> dict:
+    """Entry point of a conversion rank process (``convert.worker``) for ``sail generate``."""
+    from pathlib import Path
+
+    from megatron_sail.convert.worker import load_model
+
+    return run_job(spec, cfg, layout, load_model(Path(spec["ckpt"]), cfg, layout))
 
 
 def run_job(spec: dict, cfg, layout, chunks) -> dict:

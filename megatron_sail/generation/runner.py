@@ -102,7 +102,7 @@ def run_generation(ckpt: str | Path, prompts: list[list[int]],
                 "batch_size": opts.batch_size, "vocab_limit": opts.vocab_limit, "progress": opts.progress,
                 "group": opts.group, "kv_cache": opts.kv_cache,
                 "stream_tokenizer": opts.stream_tokenizer}
-        results = run_ranks("generate", spec, opts.tp * opts.pp * opts.ep)
+        results = run_ranks("megatron_sail.generation.cli_job:worker_job", spec, opts.tp * opts.pp * opts.ep)
     picked = next(r for r in results if "generated" in r)
     return Generation(picked["generated"], picked["seconds"])
 

@@ -28,6 +28,7 @@ from megatron_sail.launch.render import RunSpec, ScriptSpec, render_script
 from megatron_sail.launch.resources import JobRequest
 from megatron_sail.launch.site import SiteProfile
 from megatron_sail.launch.sweep import Sweep, as_override
+from megatron_sail.utils.atomic import write_atomic, write_json_atomic
 
 SUBMISSION = "submission.json"
 SWEEP_RECORD = "sweep.json"
@@ -88,7 +89,7 @@ def _log_path(pattern: str, job_name: str, job_id: str, index: int | None = None
 
 
 def _write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=1) + "\n")
+    write_json_atomic(path, data, indent=1)
 
 
 def _submission(opts: JobOptions, job_name: str, script: Path, cfg: SailConfig) -> dict:
@@ -130,7 +131,7 @@ def submit_job(run_dir: Path, cfg: SailConfig, spec: ScriptSpec,
     (slurm_dir / "logs").mkdir(parents=True, exist_ok=True)
     save_config(cfg, slurm_dir / "config.yaml")
     script = slurm_dir / "job.sbatch"
-    script.write_text(script_text)
+    write_atomic(script, script_text)
     job_id, line = slurmctl.sbatch(str(script))
     log = _log_path(spec.log, spec.job_name, job_id)
     _write_json(slurm_dir / SUBMISSION, {"job_id": job_id, "job_ref": job_id, "log": log,
@@ -181,7 +182,7 @@ def submit_sweep(sweep: Sweep, overrides: list[str], opts: JobOptions) -> int:
         (run.run_dir / "slurm").mkdir(parents=True, exist_ok=True)
         save_config(run.cfg, run.run_dir / "slurm" / "config.yaml")
     script = root / "sweep.sbatch"
-    script.write_text(script_text)
+    write_atomic(script, script_text)
     job_id, line = slurmctl.sbatch(str(script))
     for index, run in enumerate(runs):
         _write_json(run.run_dir / "slurm" / SUBMISSION, {

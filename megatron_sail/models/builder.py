@@ -246,8 +246,13 @@ def parallel_state_singleton_group():
     return _SINGLETON_GROUP
 
 
-def build_model(cfg: SailConfig, layout: Layout, img_context_id: int) -> ModelBuild:
-    """Build, initialise and freeze this rank's model chunks (one per virtual stage)."""
+def build_model(cfg: SailConfig, layout: Layout, img_context_id: int,
+                initialize: bool = True) -> ModelBuild:
+    """Build, initialise and freeze this rank's model chunks (one per virtual stage).
+
+    ``initialize=False`` leaves the weights as allocated (unset memory): for a caller that
+    loads a checkpoint holding every weight next (resume, ``checkpoint.load``), so that start-up
+    does not spend time drawing values that are overwritten at once."""
     lm_cfg = llm_config(cfg, layout)
     vit_pgs = _vision_pg_collection(layout) if layout.vision_replicated or layout.cp > 1 \
         else None
@@ -292,7 +297,8 @@ def build_model(cfg: SailConfig, layout: Layout, img_context_id: int) -> ModelBu
         chunks.append(chunk)
 
     num_layers = {"llm": cfg.model.llm.num_layers, "vision": num_vision_blocks(cfg.model.vision)[0]}
-    initialize_weights(chunks, cfg.train.seed, cfg.model.init_std, num_layers)
+    if initialize:
+        initialize_weights(chunks, cfg.train.seed, cfg.model.init_std, num_layers)
     mark_expert_dp_params(chunks, lm_cfg)  # before DDP: replicated experts reduce over TP too
     for chunk in chunks:
         if torch.cuda.is_available():  # the ViT's conv and position table are built on the host

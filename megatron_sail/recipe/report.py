@@ -67,7 +67,7 @@ def _adalrs(cfg) -> bool:
 
 
 def write_root_record(root: Path, recipe_path: Path, overrides: list[str]) -> None:
-    from megatron_sail.checkpointing.layout_files import write_atomic
+    from megatron_sail.utils.atomic import write_atomic
 
     root.mkdir(parents=True, exist_ok=True)
     write_atomic(root / ROOT_RECORD, json.dumps({"recipe": str(recipe_path),

@@ -10,9 +10,8 @@ import os
 import socket
 from pathlib import Path
 
-from megatron_sail.checkpointing.layout_files import (
-    CheckpointError, resolve_checkpoint, write_atomic,
-)
+from megatron_sail.checkpointing.layout_files import CheckpointError, resolve_checkpoint
+from megatron_sail.utils.atomic import write_atomic
 from megatron_sail.distributed.launcher import launch_local
 from megatron_sail.recipe.plan import (
     StagePlan, TrainPlan, completed_iteration, soup_finished, stage_finished, train_finished,

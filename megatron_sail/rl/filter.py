@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from megatron_sail.checkpointing.layout_files import write_atomic
+from megatron_sail.utils.atomic import write_atomic
 
 PASS_RATE_KEY = "pass_rate"
 KEPT_FILE, DROPPED_FILE = "kept.jsonl", "dropped.jsonl"

@@ -163,7 +163,7 @@ def _filter(ns) -> int:
 def main(argv: list[str]) -> int:
     """User errors (checkpoint, config, record, option) are reported by ``sail``'s main."""
     ns = _parser().parse_args(argv)
-    from megatron_sail.convert.outputs import exit_on_sigterm
+    from megatron_sail.utils.processes import exit_on_sigterm
 
     with exit_on_sigterm():
         return _filter(ns)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from megatron_sail.convert.outputs import staging_dir
+from megatron_sail.utils.atomic import staging_dir
 from megatron_sail.data.synthetic import COLOURS, SHAPES, make_sample
 from megatron_sail.rl.rewards import REWARDS, Sample, last_boxed
 

@@ -6,8 +6,8 @@ import argparse
 import json
 
 from megatron_sail.errors import check_option_ranges, report_error
-from megatron_sail.scaling.flops import PARTS, Conventions, sample_flops
-from megatron_sail.scaling.shapes import preset_names, shape_from_preset
+from megatron_sail.costs.flops import PARTS, Conventions, sample_flops
+from megatron_sail.costs.shapes import preset_names, shape_from_preset
 
 
 def _parser() -> argparse.ArgumentParser:

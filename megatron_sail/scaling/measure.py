@@ -160,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     (results,) = measure(config, [overrides], ns.nproc, ns.iterations)
     text = json.dumps([asdict(r) for r in results], indent=2)
     if ns.out:
-        Path(ns.out).write_text(text)
+        from megatron_sail.utils.atomic import write_atomic
+
+        write_atomic(ns.out, text)
     print(text)
     return 0
 

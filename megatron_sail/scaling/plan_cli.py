@@ -8,10 +8,10 @@ import sys
 from dataclasses import asdict
 
 from megatron_sail.errors import check_option_ranges
-from megatron_sail.scaling.hardware import GPUS
+from megatron_sail.costs.hardware import GPUS
 from megatron_sail.scaling.memory import GIB, Workload
 from megatron_sail.scaling.planner import plan
-from megatron_sail.scaling.shapes import preset_names, shape_from_preset
+from megatron_sail.costs.shapes import preset_names, shape_from_preset
 
 RECOMPUTE = {"none": None, "selective": "selective", "full": "full"}
 

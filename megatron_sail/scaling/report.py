@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from megatron_sail.scaling.fit import StudyFit, curve_points
+from megatron_sail.utils.atomic import write_atomic, write_json_atomic
 
 
 def table(fit: StudyFit) -> str:
@@ -26,7 +26,7 @@ def table(fit: StudyFit) -> str:
         lines.append(f"- {fit.params_tokens_note}")
     lines.append("- exponents +/- one standard error (OLS on logs, covariance s^2 (X^T X)^-1); "
                  "N = trainable parameters without embeddings, D = all LLM tokens, C = model "
-                 "FLOPs from `megatron_sail.scaling.flops`")
+                 "FLOPs from `megatron_sail.costs.flops`")
     return "\n".join(lines) + "\n"
 
 
@@ -99,6 +99,6 @@ def plot(fit: StudyFit, out_dir: Path) -> list[Path]:
 def write(fit: StudyFit, out_dir: str | Path) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "scaling_fit.md").write_text(table(fit))
-    (out / "scaling_fit.json").write_text(json.dumps(as_json(fit), indent=2))
+    write_atomic(out / "scaling_fit.md", table(fit))
+    write_json_atomic(out / "scaling_fit.json", as_json(fit), indent=2)
     return [out / "scaling_fit.md", out / "scaling_fit.json", *plot(fit, out)]

@@ -2,7 +2,7 @@
 
 N is the trainable parameter count without embeddings and output layer (Kaplan et al.'s
 convention: embeddings scale with the vocabulary, not with capacity); D counts every LLM
-token (visual ones included) of every step; C is the model FLOPs of ``scaling.flops`` (the
+token (visual ones included) of every step; C is the model FLOPs of ``costs.flops`` (the
 ViT and adapter included) summed over the steps.
 """
 
@@ -15,9 +15,9 @@ from pathlib import Path
 
 from megatron_sail.config import config_from_dict
 from megatron_sail.config.loader import read_yaml
-from megatron_sail.scaling.flops import train_flops_per_iteration
+from megatron_sail.costs.flops import train_flops_per_iteration
 from megatron_sail.scaling.memory import count_params
-from megatron_sail.scaling.shapes import shape_from_config
+from megatron_sail.costs.shapes import shape_from_config
 
 
 @dataclass

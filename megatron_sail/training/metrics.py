@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from megatron_sail.utils.atomic import write_atomic
+
 
 class MetricsWriter:
     """Rank 0 only. One JSON object per logged iteration; the same scalars to TensorBoard."""
@@ -56,9 +58,7 @@ def truncate_after(path: Path, iteration: int) -> None:
         return
     kept = [line for line in path.read_text().splitlines()
             if line.strip() and json.loads(line).get("iteration", 0) <= iteration]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(f"{line}\n" for line in kept))
-    tmp.replace(path)
+    write_atomic(path, "".join(f"{line}\n" for line in kept))
 
 
 class Progress:

@@ -18,6 +18,7 @@ from megatron_sail.checkpointing.layout_files import (
 )
 from megatron_sail.config import ConfigError, SailConfig, config_to_dict, save_config
 from megatron_sail.config.layout import Layout, resolve_layout
+from megatron_sail.config.presets import tokens_per_tile
 from megatron_sail.data.batches import GlobalBatches
 from megatron_sail.data.synthetic_dataset import MismatchedImages, SyntheticCaptionDataset
 from megatron_sail.data.build import build_batches
@@ -31,12 +32,14 @@ from megatron_sail.models.builder import MODULE_PREFIX, build_model, num_vision_
 from megatron_sail.models.init import initialize_weights
 from megatron_sail.training.metrics import MetricsWriter, Progress, truncate_after
 from megatron_sail.training.moe_metrics import RoutingStats
-from megatron_sail.scaling.mfu import ThroughputMeter
+from megatron_sail.training.throughput import ThroughputMeter
 from megatron_sail.training.adalrs import AdaLRS
 from megatron_sail.training.optimizer import (
     build_optimizer, build_scheduler, resume_conflicts, sync_params, wrap_ddp,
 )
 from megatron_sail.training.signals import StopRequest
+from megatron_sail.training.startup import StartupClock
+from megatron_sail.utils.logs import get_logger
 from megatron_sail.training.step import run_step
 
 
@@ -50,9 +53,7 @@ class TrainState:
     lr_decay_iters: int = 0
 
 
-def _print0(*args) -> None:
-    if torch.distributed.get_rank() == 0:
-        print(*args, flush=True)
+log = get_logger("megatron_sail.training")
 
 
 def _lr_decay_iters(cfg: SailConfig) -> int:
@@ -94,7 +95,8 @@ def _check_compatible(stored: dict, cfg: SailConfig, ckpt: Path) -> None:
 def _dataset(cfg: SailConfig, tokenizer, split: str) -> SyntheticCaptionDataset:
     vit = cfg.model.vision
     image_size = cfg.data.image_size or vit.image_size
-    tokens_per_image = (image_size // vit.patch_size // 2) ** 2
+    tokens_per_image = tokens_per_tile(image_size, vit.patch_size,
+                                       cfg.model.adapter.downsample_ratio)
     return SyntheticCaptionDataset(tokenizer, seed=cfg.train.seed, image_size=image_size,
                                    num_image_tokens=tokens_per_image,
                                    seq_length=cfg.data.seq_length, split=split)
@@ -112,10 +114,12 @@ def _val_text(record: dict):
 class Trainer:
     def __init__(self, cfg: SailConfig, env: DistEnv):
         self.cfg, self.env = cfg, env
-        init_process_group(env)
-        self.layout: Layout = resolve_layout(cfg, env.world_size, torch.cuda.is_available(),
-                                             transformer_engine_available())
-        init_model_parallel(self.layout, cfg.train.seed)
+        clock = StartupClock()
+        with clock.phase("process groups"):
+            init_process_group(env)
+            self.layout: Layout = resolve_layout(cfg, env.world_size, torch.cuda.is_available(),
+                                                 transformer_engine_available())
+            init_model_parallel(self.layout, cfg.train.seed)
         try:
             self.throughput = ThroughputMeter.for_run(
                 cfg, env.world_size, torch.cuda.is_available(), cfg.hardware.gpu,
@@ -135,10 +139,17 @@ class Trainer:
         if cfg.model.img_context_token_id is None:
             cfg.model.img_context_token_id = tokenizer.img_context_id
 
-        build = build_model(cfg, self.layout, cfg.model.img_context_token_id)
-        self.model = wrap_ddp(cfg, build.chunks, build.llm_config, self.layout.dp,
-                              torch.cuda.is_available())
-        self.optimizer = build_optimizer(cfg, self.model)
+        # A checkpoint about to be loaded holds every weight: drawing them first is wasted.
+        self._latest = latest_checkpoint(self.ckpt_root)
+        restoring = self._latest is not None or bool(cfg.checkpoint.load)
+        with clock.phase("model build"):
+            build = build_model(cfg, self.layout, cfg.model.img_context_token_id,
+                                initialize=not restoring)
+            self.model = wrap_ddp(cfg, build.chunks, build.llm_config, self.layout.dp,
+                                  torch.cuda.is_available())
+            self.optimizer = build_optimizer(cfg, self.model)
+        clock.note("model build", "weights not initialised: loaded from the checkpoint"
+                   if restoring else "weights initialised")
         llm_config = build.llm_config
         llm_config.finalize_model_grads_func = finalize_model_grads
         llm_config.grad_scale_func = self.optimizer.scale_loss
@@ -147,7 +158,8 @@ class Trainer:
 
         self.state = TrainState(lr_decay_iters=_lr_decay_iters(cfg))
         self.resumed_from = self.parent = None
-        common = self._resume_or_init()
+        with clock.phase("checkpoint load"):
+            common = self._resume_or_init()
         self.lineage = common.get("lineage") or self._new_lineage()
         self.adalrs = None
         if cfg.optimizer.adalrs.enabled:
@@ -165,6 +177,7 @@ class Trainer:
         train = cfg.train
         self.tokenizer = tokenizer
         self.data = None  # the real-data loader (data.dataset=blend)
+        clock.start("data start-up")
         if cfg.data.dataset == "blend":
             # One rank per data-parallel replica (TP x PP x CP) decodes; the others receive.
             self.data = build_batches(cfg, tokenizer, cfg.data.blend, dp_rank, self.layout.dp,
@@ -184,6 +197,7 @@ class Trainer:
                     MismatchedImages(val), train.global_batch_size, train.micro_batch_size,
                     dp_rank, self.layout.dp),
             }
+        clock.stop("data start-up")
         self.routing = None
         if cfg.model.llm.is_moe:
             self.routing = RoutingStats(self.model, cfg.model.llm.num_layers,
@@ -200,23 +214,24 @@ class Trainer:
             truncate_after(self.output_dir / "metrics.jsonl", self.state.iteration)
             self.metrics = MetricsWriter(self.output_dir, cfg.run.tensorboard)
         self.stop = StopRequest()
+        log.info(clock.line())
 
     # -- checkpoints ----------------------------------------------------------------------
     def _resume_or_init(self) -> dict:
-        latest = latest_checkpoint(self.ckpt_root)
+        latest = self._latest
         if latest is not None:
             common = load_checkpoint(latest, self.model, self.optimizer,
                                      validate=lambda c: _check_compatible(c["config"], self.cfg, latest))
             self.state = TrainState(**common["train_state"])
             self.resumed_from = latest
-            _print0(f"resumed from {latest} at iteration {self.state.iteration}")
+            log.info(f"resumed from {latest} at iteration {self.state.iteration}")
             return common
         if self.cfg.checkpoint.load:
             source = resolve_checkpoint(self.cfg.checkpoint.load)
             load_checkpoint(source, self.model, optimizer=None, restore_rng=False,
                             validate=lambda c: _check_compatible(c["config"], self.cfg, source))
             self.parent = checkpoint_lineage(source)
-            _print0(f"initialised weights from {source}")
+            log.info(f"initialised weights from {source}")
             if self.cfg.checkpoint.reinit:
                 self._reinit(self.cfg.checkpoint.reinit)
             # The weights changed behind the optimizer: where it keeps its own fp32 copies
@@ -240,7 +255,7 @@ class Trainer:
         prefixes = tuple(f"{MODULE_PREFIX[p]}." for p in parts)
         initialize_weights([getattr(c, "module", c) for c in self.model], cfg.train.seed,
                            cfg.model.init_std, num_layers, prefixes)
-        _print0(f"re-initialised {', '.join(parts)} from seed {cfg.train.seed}")
+        log.info(f"re-initialised {', '.join(parts)} from seed {cfg.train.seed}")
 
     def save(self) -> Path:
         sync_params(self.model)
@@ -266,7 +281,7 @@ class Trainer:
         snapshot = (lambda d: self.adalrs.save_snapshot(d / ADALRS_SNAPSHOT)) if self.adalrs else None
         path = save_checkpoint(self.ckpt_root, it, self.model, self.optimizer, common, marker,
                                self.cfg.checkpoint.keep_last, also=snapshot)
-        _print0(f"saved checkpoint {path}")
+        log.info(f"saved checkpoint {path}")
         return path
 
     # -- steps ----------------------------------------------------------------------------
@@ -334,8 +349,8 @@ class Trainer:
         cfg, state = self.cfg, self.state
         train = cfg.train
         lay = self.layout
-        _print0(f"layout: world {lay.world_size} = TP {lay.tp} x PP {lay.pp}"
-                f"{f' x CP {lay.cp}' if lay.cp > 1 else ''} x DP {lay.dp}"
+        log.info(f"layout: world {lay.world_size} = TP {lay.tp} x PP {lay.pp}"
+                 f"{f' x CP {lay.cp}' if lay.cp > 1 else ''} x DP {lay.dp}"
                 f" (VPP {lay.vpp}, SP {lay.sequence_parallel}, vision TP {lay.vision_tp}),"
                 f" {lay.num_microbatches} micro-batches/step, output {self.output_dir}")
         progress = Progress(state.iteration, train.train_iters)
@@ -402,11 +417,11 @@ class Trainer:
                 last_saved = state.iteration
             if stop or exit_now:
                 why = f"signal {self.stop.received}" if stop else f"exit_interval {train.exit_interval}"
-                _print0(f"stopping at iteration {state.iteration} ({why}); rerun to resume")
+                log.info(f"stopping at iteration {state.iteration} ({why}); rerun to resume")
                 return 0
         if last_saved != state.iteration:
             self.save()
-        _print0(f"done: {state.iteration} iterations")
+        log.info(f"done: {state.iteration} iterations")
         return 0
 
     def close(self) -> None:

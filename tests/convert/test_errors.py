@@ -202,7 +202,8 @@ def test_interrupted_import_leaves_nothing(release, tmp_path):
 def test_ranks_stop_before_the_staging_directory_is_removed(release, tmp_path, monkeypatch):
     """An interrupted import stops its ranks first: a rank still writing while the staging
     directory is removed would leave part of it behind."""
-    from megatron_sail.convert import importer, outputs, procs
+    from megatron_sail.convert import importer, procs
+    from megatron_sail.utils import atomic
     from megatron_sail.convert.sources import open_release
 
     alive_at_removal = []
@@ -216,7 +217,7 @@ def test_ranks_stop_before_the_staging_directory_is_removed(release, tmp_path, m
         raise KeyboardInterrupt
 
     started = procs.Ranks(1)
-    monkeypatch.setattr(outputs.shutil, "rmtree", recording_rmtree)
+    monkeypatch.setattr(atomic.shutil, "rmtree", recording_rmtree)
     monkeypatch.setattr(procs.Ranks, "run", interrupted)
     try:
         importer.write_checkpoint(open_release(release("fp32"), None), tmp_path / "ckpt",

@@ -26,14 +26,17 @@ def truncated_jpeg(width: int = 64, height: int = 48) -> bytes:
 
 def video_bytes(frames: int = 4, width: int = 32, height: int = 32, seed: int = 0,
                 codec: str = "mpeg4") -> bytes:
-    """Random frames encoded with ``codec`` (mpeg4 / libx264 in mp4, libvpx-vp9 in webm)."""
+    """Random frames encoded with ``codec`` (mpeg4 / libx264 in mp4, libvpx-vp9 in webm,
+    mjpeg in avi)."""
     import av
 
     rng = np.random.default_rng(seed)
     out = io.BytesIO()
-    with av.open(out, mode="w", format="webm" if codec.startswith("libvpx") else "mp4") as container:
+    fmt = "webm" if codec.startswith("libvpx") else "avi" if codec == "mjpeg" else "mp4"
+    with av.open(out, mode="w", format=fmt) as container:
         stream = container.add_stream(codec, rate=8)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.width, stream.height = width, height
+        stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
         for _ in range(frames):
             pixels = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
             for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):

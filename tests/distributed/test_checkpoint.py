@@ -57,6 +57,8 @@ def test_resume_is_exact(sail, straight, tmp_path):
     assert max(sail.losses(tmp_path)) == 10
     proc = sail.train(tmp_path, *STRAIGHT, nproc=2)
     assert "resumed from" in proc.stdout
+    # the checkpoint holds every weight: none is drawn first (and the losses still match)
+    assert "weights not initialised: loaded from the checkpoint" in proc.stdout
     resumed, ref = sail.metrics(tmp_path), sail.metrics(straight)
     assert [r["iteration"] for r in resumed] == list(range(1, 21))
     for a, b in zip(resumed[10:], ref[10:]):  # iterations 11-20: model, optimizer, LR, data
@@ -109,8 +111,10 @@ def test_sigterm_saves_and_resumes(sail, tmp_path):
 
 
 def test_finetune_from_checkpoint_load(sail, straight, tmp_path):
-    sail.train(tmp_path, "train.train_iters=2", f"checkpoint.load={straight / 'checkpoints'}",
-               "checkpoint.save_interval=null", nproc=1)
+    proc = sail.train(tmp_path, "train.train_iters=2",
+                      f"checkpoint.load={straight / 'checkpoints'}",
+                      "checkpoint.save_interval=null", nproc=1)
+    assert "weights not initialised: loaded from the checkpoint" in proc.stdout
     losses = sail.losses(tmp_path)
     assert sorted(losses) == [1, 2]  # a new run: iteration count starts again
     assert losses[1] < sail.losses(straight)[1] - 1.0  # but from the trained weights

@@ -13,7 +13,7 @@ import yaml
 from megatron_sail import cli
 from megatron_sail.config import config_from_dict
 from megatron_sail.scaling.fit import fit_power_law, fit_study, lower_envelope
-from megatron_sail.scaling.flops import train_flops_per_iteration
+from megatron_sail.costs.flops import train_flops_per_iteration
 from megatron_sail.scaling.runs import RunPoint
 from tests.helpers import TINY
 

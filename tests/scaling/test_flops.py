@@ -9,11 +9,11 @@ import pytest
 
 from megatron_sail import cli
 from megatron_sail.config import load_config
-from megatron_sail.scaling.flops import (
+from megatron_sail.costs.flops import (
     Conventions, batch_flops, mfu, sample_flops, train_flops_per_iteration,
 )
-from megatron_sail.scaling.hardware import peak_tflops
-from megatron_sail.scaling.shapes import PUBLISHED, shape_from_preset
+from megatron_sail.costs.hardware import peak_tflops
+from megatron_sail.costs.shapes import PUBLISHED, shape_from_preset
 from tests.helpers import TINY
 
 # SAIL-ViT-Huge and the Qwen3 backbones (notes/sailvl2-architecture.md).
@@ -143,7 +143,7 @@ def test_mfu_and_peaks():
 def test_vision_blocks_mirror_the_model():
     from megatron_sail.config.presets import VisionArch
     from megatron_sail.models.vision import num_vision_blocks
-    from megatron_sail.scaling.shapes import vision_blocks
+    from megatron_sail.costs.shapes import vision_blocks
 
     for k in (-1, 0, 5, -2, -24):
         arch = VisionArch(select_layer=k)
@@ -170,7 +170,7 @@ def test_cli_table_and_freeze(capsys):
 
 
 def test_throughput_meter_for_the_trainer():
-    from megatron_sail.scaling.mfu import ThroughputMeter
+    from megatron_sail.training.throughput import ThroughputMeter
 
     cfg = load_config(TINY, ["train.precision=bf16"])
     flops = train_flops_per_iteration(cfg)

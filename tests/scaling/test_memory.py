@@ -11,7 +11,7 @@ from megatron_sail.scaling.memory import (
     GIB, Parallel, Workload, count_params, estimate, from_config,
 )
 from megatron_sail.scaling.planner import plan
-from megatron_sail.scaling.shapes import shape_from_config, shape_from_preset
+from megatron_sail.costs.shapes import shape_from_config, shape_from_preset
 from tests.helpers import TINY
 
 LONG = ["data.seq_length=256", "train.micro_batch_size=4"]  # activations dominate

@@ -347,7 +347,7 @@ def test_gpu_choices_are_the_gpus_mfu_knows():
     import typing
 
     from megatron_sail.config.schema import HardwareConfig
-    from megatron_sail.scaling.hardware import GPUS
+    from megatron_sail.costs.hardware import GPUS
 
     assert set(typing.get_args(typing.get_type_hints(HardwareConfig)["gpu"])) == set(GPUS)
 

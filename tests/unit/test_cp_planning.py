@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 
 from megatron_sail.config import load_config
-from megatron_sail.scaling.flops import train_flops_per_iteration
+from megatron_sail.costs.flops import train_flops_per_iteration
 from megatron_sail.scaling.memory import Parallel, Workload, estimate, from_config
-from megatron_sail.scaling.shapes import shape_from_preset
+from megatron_sail.costs.shapes import shape_from_preset
 from tests.helpers import TINY
 
 

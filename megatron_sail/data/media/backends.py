@@ -65,16 +65,22 @@ def supports_codec(backend: VideoBackend, codec: str) -> bool:
     return True  # PyAV: whatever its FFmpeg build decodes; failures surface as MediaError
 
 
-def require_backend(backend: VideoBackend) -> None:
-    """Raise BackendUnavailableError, saying what is missing, if ``backend`` cannot run here."""
+# DALI is an optional extra: its wheels are built per CUDA major version.
+DALI_EXTRA = ("pip install 'megatron-sail[dali-cuda12]' (or [dali-cuda13], matching the "
+              "CUDA major version)")
+
+
+def require_backend(backend: VideoBackend, what: str = "video backend") -> None:
+    """Raise BackendUnavailableError, saying what is missing, if ``backend`` cannot run here
+    (``what``: the setting that asked for it)."""
     if backend == "pyav" and not pyav_available():
-        raise BackendUnavailableError("video backend 'pyav' needs PyAV: pip install av")
+        raise BackendUnavailableError(f"{what} 'pyav' needs PyAV, a dependency of megatron-sail: "
+                                      "pip install av")
     if backend in ("dali-cpu", "dali-gpu") and not dali_available():
         raise BackendUnavailableError(
-            f"video backend {backend!r} needs NVIDIA DALI: pip install nvidia-dali-cuda120 "
-            "(or the wheel matching your CUDA major version)")
+            f"{what} {backend!r} needs NVIDIA DALI, an optional extra: {DALI_EXTRA}")
     if backend == "dali-gpu" and not cuda_available():
-        raise BackendUnavailableError("video backend 'dali-gpu' needs a CUDA device; none is visible")
+        raise BackendUnavailableError(f"{what} 'dali-gpu' needs a CUDA device; none is visible")
 
 
 def select_video_backend(requested: str, codec: str) -> VideoBackend:

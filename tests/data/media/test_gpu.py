@@ -7,7 +7,7 @@ import torch
 
 from megatron_sail.data.media import (BackendUnavailableError, dali_available, dynamic_tiles, normalize,
                                       select_video_backend)
-from tests.data.media import internvl_reference as ref
+from benchmarks import internvl_reference as ref
 from tests.data.media.conftest import random_image
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

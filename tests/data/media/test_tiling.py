@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from megatron_sail.data.media import IMAGENET_MEAN, IMAGENET_STD, dynamic_tiles, normalize, num_tiles, tile_grid
-from tests.data.media import internvl_reference as ref
+from benchmarks import internvl_reference as ref
 from tests.data.media.conftest import random_image
 
 # 40 sizes: extreme ratios, tiny, exact tile multiples, square tie-breaks (1x1/2x2/3x3 decided by

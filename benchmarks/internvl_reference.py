@@ -1,7 +1,8 @@
 """Independent reference of the release's image preprocessing, written literally after the
 InternVL / SAIL-VL2 model-card code (``find_closest_aspect_ratio``, ``dynamic_preprocess``,
 ``build_transform``), with torchvision's ToTensor + Normalize spelled out in plain torch
-(torchvision is not installed here). Used only by the tests and the benchmark as ground truth.
+(torchvision is not installed here). The baseline of ``preprocess_throughput.py`` and the
+ground truth of the tiling tests (tests may import benchmarks, never the other way round).
 """
 
 from __future__ import annotations

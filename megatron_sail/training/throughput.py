@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from collections.abc import Sequence
 from typing import Optional
 
-from megatron_sail.scaling.flops import batch_flops, mfu, train_flops_per_iteration
-from megatron_sail.scaling.shapes import ModelShape, shape_from_config
-from megatron_sail.scaling.hardware import compute_precision, peak_tflops
+from megatron_sail.costs.flops import batch_flops, mfu, train_flops_per_iteration
+from megatron_sail.costs.shapes import ModelShape, shape_from_config
+from megatron_sail.costs.hardware import compute_precision, peak_tflops
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from megatron_sail.scaling.shapes import LLMShape, ModelShape, VisionShape, shape_from_config
+from megatron_sail.costs.shapes import LLMShape, ModelShape, VisionShape, shape_from_config
 
 PARTS = ("vision", "adapter", "llm")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Optional
 
-from megatron_sail.config.presets import PRESETS, LLMArch, VisionArch
+from megatron_sail.config.presets import PRESETS, LLMArch, VisionArch, tokens_per_tile
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ class ModelShape:
 
     @property
     def tokens_per_tile(self) -> int:
-        return self.vision.patches_per_tile // (self.merge * self.merge)
+        return tokens_per_tile(self.vision.image_size, self.vision.patch, 1 / self.merge)
 
 
 def vision_blocks(arch: VisionArch) -> int:
