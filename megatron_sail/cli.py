@@ -129,6 +129,13 @@ def _delegate(module: str):
     return run
 
 
+def _slurm(args: list[str]) -> int:
+    """``sail slurm ...``; ``sail slurm curate`` lives with curation, a layer above launch/."""
+    if args and args[0] == "curate":
+        return _delegate("megatron_sail.curation.slurm_job")(args[1:])
+    return _delegate("megatron_sail.launch.cli")(args)
+
+
 COMMANDS = {
     "train": cmd_train,
     "plot": cmd_plot,
@@ -136,7 +143,7 @@ COMMANDS = {
     "forward": _delegate("megatron_sail.convert.forward_cli"),
     "generate": _delegate("megatron_sail.generation.cli"),
     "rl": _delegate("megatron_sail.rl.cli"),
-    "slurm": _delegate("megatron_sail.launch.cli"),
+    "slurm": _slurm,
     "flops": _delegate("megatron_sail.scaling.flops_cli"),
     "plan": _delegate("megatron_sail.scaling.plan_cli"),
     "scaling": _delegate("megatron_sail.scaling.cli"),

@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     ns = _parser().parse_args(argv)
-    from megatron_sail.convert.outputs import exit_on_sigterm
+    from megatron_sail.utils.processes import exit_on_sigterm
     from megatron_sail.curation.runner import Assignment, parse_shard, run_curation
 
     try:

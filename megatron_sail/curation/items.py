@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from megatron_sail.curation.atomic import temp_path
+from megatron_sail.utils.atomic import staged_file
 from megatron_sail.data.media.errors import MediaError
 from megatron_sail.data.media.files import read_media_file
 from megatron_sail.data.records import RecordError, media_base, parse_record
@@ -183,13 +183,9 @@ def _read_shard_chunk(chunk: Chunk) -> list[Item]:
 def write_items(path: Path, items: list[Item]) -> None:
     """Atomically: a reader sees the whole chunk file or none (a per-process temp name, so
     two processes finishing the same chunk never share a temp file)."""
-    tmp = temp_path(path)
-    with open(tmp, "w", encoding="utf-8") as f:
+    with staged_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for item in items:
             f.write(item.to_json() + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_items(path: Path) -> Iterator[Item]:

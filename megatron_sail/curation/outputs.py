@@ -16,11 +16,11 @@ Every file is written under a temporary name and renamed into place; ``report.js
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from pathlib import Path
 
-from megatron_sail.curation.atomic import temp_path, write_json_atomic
+from megatron_sail.curation.atomic import write_json_atomic
+from megatron_sail.utils.atomic import staged_file
 from megatron_sail.curation.items import Chunk, Item, read_items
 from megatron_sail.curation.plan import Phase, WorkDir
 from megatron_sail.curation.runner import apply_decision
@@ -61,8 +61,10 @@ def write_outputs(spec: CurationSpec, out: Path, work: WorkDir, phases: list[Pha
     reasons: dict[int, Counter] = {}
     scores: dict[str, list] = {}
     total = kept = 0
-    with open(temp_path(kept_path), "w", encoding="utf-8") as fk, \
-            open(temp_path(dropped_path), "w", encoding="utf-8") as fd:
+    # Both files appear together with the report's plots: staged, renamed once all are written.
+    with staged_file(kept_path) as kept_tmp, staged_file(dropped_path) as dropped_tmp, \
+            open(kept_tmp, "w", encoding="utf-8") as fk, \
+            open(dropped_tmp, "w", encoding="utf-8") as fd:
         for chunk in chunks:
             for item in final_items(work, phases, chunk):
                 total += 1
@@ -77,11 +79,8 @@ def write_outputs(spec: CurationSpec, out: Path, work: WorkDir, phases: list[Pha
                     dropped_at[step] += 1
                     reasons.setdefault(step, Counter())[item.drop["reason"]] += 1
                     fd.write(_line(item))
-    report = _report(spec, total, kept, dropped_at, reasons)
-    plots = _plots(out, work, phases, scores)
-    report["plots"] = plots
-    os.replace(temp_path(kept_path), kept_path)
-    os.replace(temp_path(dropped_path), dropped_path)
+        report = _report(spec, total, kept, dropped_at, reasons)
+        report["plots"] = _plots(out, work, phases, scores)
     write_json_atomic(out / REPORT, report)
     return report
 

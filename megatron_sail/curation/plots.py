@@ -15,14 +15,11 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> None:
-    import os
+    from megatron_sail.utils.atomic import staged_file
 
-    from megatron_sail.curation.atomic import temp_path
-
-    tmp = temp_path(path)
-    # No software/date metadata: the same curation gives the same bytes.
-    fig.savefig(tmp, dpi=100, metadata={"Software": None})
-    os.replace(tmp, path)
+    with staged_file(path) as tmp:
+        # No software/date metadata: the same curation gives the same bytes.
+        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
 
 
 def histogram(path: Path, name: str, values: list[float]) -> None:

@@ -12,7 +12,7 @@ sail slurm status RUN_DIR|SWEEP_DIR [--json]
 sail slurm curate SPEC.yaml --out DIR --array N --gpus-per-node G [--workers W] [...the same options]"""
 
 
-def _job_parser(prog: str, what: str) -> argparse.ArgumentParser:
+def job_parser(prog: str, what: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=f"render and sbatch {what}")
     parser.add_argument("file", help="config YAML" if prog.endswith("submit") else "sweep YAML")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
@@ -42,7 +42,7 @@ def _job_parser(prog: str, what: str) -> argparse.ArgumentParser:
     return parser
 
 
-def _options(ns: argparse.Namespace):
+def job_options(ns: argparse.Namespace):
     import dataclasses
 
     from megatron_sail.launch.resources import RequestError, make_request, slurm_value
@@ -65,39 +65,16 @@ def _options(ns: argparse.Namespace):
 def cmd_submit(args: list[str]) -> int:
     from megatron_sail.launch.submit import submit_run
 
-    ns = _job_parser("sail slurm submit", "one training job").parse_intermixed_args(args)
-    return submit_run(ns.file, ns.overrides, _options(ns))
+    ns = job_parser("sail slurm submit", "one training job").parse_intermixed_args(args)
+    return submit_run(ns.file, ns.overrides, job_options(ns))
 
 
 def cmd_sweep(args: list[str]) -> int:
     from megatron_sail.launch.submit import submit_sweep
     from megatron_sail.launch.sweep import load_sweep
 
-    ns = _job_parser("sail slurm sweep", "a sweep as one array job").parse_intermixed_args(args)
-    return submit_sweep(load_sweep(ns.file), ns.overrides, _options(ns))
-
-
-def cmd_curate(args: list[str]) -> int:
-    import dataclasses
-
-    from megatron_sail.errors import UsageError
-    from megatron_sail.launch.curate_job import submit_curation
-
-    parser = _job_parser("sail slurm curate", "a curation (sail curate) as one array job")
-    parser.add_argument("--out", required=True, help="the curation's output directory")
-    parser.add_argument("--array", type=int, required=True,
-                        help="array elements: shards of the curation, all running at once")
-    parser.add_argument("--workers", type=int, default=1, help="local workers per element")
-    ns = parser.parse_intermixed_args(args)
-    if ns.overrides:
-        raise UsageError(f"unexpected arguments {ns.overrides} (a curation takes no overrides)")
-    if ns.gpus_per_node == 0 and ns.ntasks_per_node is None:
-        ns.ntasks_per_node = 1      # one task per element; the resources are per element
-    opts = _options(ns)
-    # Elements share nodes: no whole-node exclusivity or memory unless asked for.
-    request = dataclasses.replace(opts.request, exclusive=False, mem=ns.mem)
-    return submit_curation(ns.file, ns.out, ns.array, ns.workers,
-                           dataclasses.replace(opts, request=request))
+    ns = job_parser("sail slurm sweep", "a sweep as one array job").parse_intermixed_args(args)
+    return submit_sweep(load_sweep(ns.file), ns.overrides, job_options(ns))
 
 
 def cmd_status(args: list[str]) -> int:
@@ -112,8 +89,7 @@ def cmd_status(args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"submit": cmd_submit, "sweep": cmd_sweep, "status": cmd_status,
-            "curate": cmd_curate}
+COMMANDS = {"submit": cmd_submit, "sweep": cmd_sweep, "status": cmd_status}
 
 
 def main(argv: list[str]) -> int:

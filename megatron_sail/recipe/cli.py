@@ -95,15 +95,15 @@ def cmd_status(args: list[str]) -> int:
 
 
 def cmd_submit(args: list[str]) -> int:
-    from megatron_sail.launch.cli import _job_parser, _options
+    from megatron_sail.launch.cli import job_options, job_parser
     from megatron_sail.recipe.submit import submit_recipe
 
-    parser = _job_parser("sail recipe submit", "a recipe's stages as chained jobs")
+    parser = job_parser("sail recipe submit", "a recipe's stages as chained jobs")
     parser.error = _usage_error  # sail slurm's parser, with one-line errors
     parser.add_argument("--out", required=True)
     parser.add_argument("--until")
     ns = parser.parse_intermixed_args(args)
-    opts = _options(ns)
+    opts = job_options(ns)
     return submit_recipe(ns.file, Path(ns.out).absolute(), ns.overrides, ns.until, opts)
 
 

@@ -12,7 +12,6 @@ which the prompt leaves out. A record with none is skipped and counted.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from typing import Sequence
 
@@ -167,9 +166,3 @@ def main(argv: list[str]) -> int:
 
     with exit_on_sigterm():
         return _filter(ns)
-
-
-if __name__ == "__main__":   # through sail's main, which reports user errors
-    from megatron_sail.cli import main as sail_main
-
-    sys.exit(sail_main(["rl", "filter", *sys.argv[1:]]))

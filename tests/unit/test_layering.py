@@ -14,7 +14,8 @@ The order, lowest first (README "Layout" shows the same):
   training, convert, launch
                        the loop; HF <-> Megatron conversion and its rank processes; SLURM
   generation           generate() on the Megatron model (runs on conversion's rank processes)
-  rl, recipe, scaling  built on training, conversion, generation and launch
+  rl, recipe, scaling, curation
+                       built on training, conversion, generation and launch
   cli                  the `sail` command
 """
 
@@ -35,7 +36,7 @@ LAYERS = [
     {"costs", "data", "models", "checkpointing"},
     {"training", "convert", "launch"},
     {"generation"},
-    {"rl", "recipe", "scaling"},
+    {"rl", "recipe", "scaling", "curation"},
     {"cli"},
 ]
 LEVEL = {name: level for level, names in enumerate(LAYERS) for name in names}

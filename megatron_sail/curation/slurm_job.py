@@ -58,3 +58,25 @@ def submit_curation(spec_path: str, out: str, array: int, workers: int, opts: Jo
     print(f"curation {out_dir}: {array} array elements as job {job_id}_[0-{array - 1}]; "
           f"logs in {slurm_dir / 'logs'}")
     return 0
+
+
+def main(args: list[str]) -> int:
+    """``sail slurm curate`` (routed here by ``sail``'s main: launch/ sits below curation)."""
+    from megatron_sail.errors import UsageError
+    from megatron_sail.launch.cli import job_options, job_parser
+
+    parser = job_parser("sail slurm curate", "a curation (sail curate) as one array job")
+    parser.add_argument("--out", required=True, help="the curation's output directory")
+    parser.add_argument("--array", type=int, required=True,
+                        help="array elements: shards of the curation, all running at once")
+    parser.add_argument("--workers", type=int, default=1, help="local workers per element")
+    ns = parser.parse_intermixed_args(args)
+    if ns.overrides:
+        raise UsageError(f"unexpected arguments {ns.overrides} (a curation takes no overrides)")
+    if ns.gpus_per_node == 0 and ns.ntasks_per_node is None:
+        ns.ntasks_per_node = 1      # one task per element; the resources are per element
+    opts = job_options(ns)
+    # Elements share nodes: no whole-node exclusivity or memory unless asked for.
+    request = dataclasses.replace(opts.request, exclusive=False, mem=ns.mem)
+    return submit_curation(ns.file, ns.out, ns.array, ns.workers,
+                           dataclasses.replace(opts, request=request))
