@@ -8,8 +8,12 @@ import pytest
 
 from megatron_sail.curation.runner import parse_shard
 from megatron_sail.errors import UsageError
-from megatron_sail.launch.cli import main
+from megatron_sail.cli import main as sail_main
 from tests.curation.planted import write_planted
+
+
+def main(args: list[str]) -> int:
+    return sail_main(["slurm", *args])
 
 
 def test_dry_run_script(tmp_path, capsys):
