@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import psutil
 
 from megatron_sail.convert.errors import ConversionError
-from megatron_sail.distributed.runtime import free_port
+from megatron_sail.distributed.launcher import start_ranks, wait_ranks
 
 
 class Ranks:
@@ -32,20 +31,14 @@ class Ranks:
     def __init__(self, world_size: int):
         self.world_size = world_size
         self._tmp = tempfile.TemporaryDirectory(prefix="sail-convert-")
-        port = free_port()
         cores = max(1, (os.cpu_count() or 1) // max(1, world_size))
         threads = os.environ.get("OMP_NUM_THREADS") or str(cores)
-        self._procs: list[subprocess.Popen] = []
-        for rank in range(world_size):
-            env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world_size),
-                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world_size),
-                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-                       SAIL_LAUNCHER="convert", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS=threads)
-            cmd = [sys.executable, "-m", "megatron_sail.convert.worker", self._tmp.name]
-            # own process group: stopping a rank also stops the writer processes that
-            # Megatron's checkpoint saving starts
-            self._procs.append(subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE,
-                                                start_new_session=True))
+        # own process group: stopping a rank also stops the writer processes that Megatron's
+        # checkpoint saving starts
+        self._procs = start_ranks(
+            world_size, ["-m", "megatron_sail.convert.worker", self._tmp.name], "convert",
+            env={"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": threads},
+            stdin=subprocess.PIPE, start_new_session=True)
 
     def run(self, job: str, spec: dict) -> list[dict]:
         """Send the job to every rank and wait for all of them; their results, by rank."""
@@ -56,7 +49,8 @@ class Ranks:
                 proc.stdin.close()
             except BrokenPipeError:  # it died starting up; its exit code tells
                 pass
-        codes = _wait(self._procs)
+        # after the first failure the others get 15 s to report their own errors
+        codes, _ = wait_ranks(self._procs, grace=15, stop=_kill_group)
         results = []
         for rank, code in enumerate(codes):
             path = Path(self._tmp.name) / f"rank{rank}.json"
@@ -115,23 +109,6 @@ def _alive(process: psutil.Process) -> bool:
         return process.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
-
-
-def _wait(procs: list[subprocess.Popen]) -> list[int]:
-    """Exit codes; after the first failure the others get 15 s to report, then stop."""
-    deadline = None
-    while True:
-        codes = [p.poll() for p in procs]
-        if all(c is not None for c in codes):
-            return codes
-        if deadline is None and any(c not in (None, 0) for c in codes):
-            deadline = time.monotonic() + 15
-        if deadline is not None and time.monotonic() > deadline:
-            for p in procs:
-                if p.poll() is None:
-                    _kill_group(p)
-            return [p.wait() for p in procs]
-        time.sleep(0.1)
 
 
 def peak_rss(results: list[dict]) -> int:

@@ -6,10 +6,11 @@ from __future__ import annotations
 import os
 import sys
 import threading
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
+
+from megatron_sail.utils.progress import ProgressLine
 
 GiB = 2**30
 
@@ -20,10 +21,19 @@ class Progress:
 
     def __init__(self, label: str, total: int, enabled: bool, total_bytes: int = 0,
                  unit: str = "tensors"):
-        self.label, self.total, self.enabled = label, max(total, 1), enabled
+        self.total, self.enabled = max(total, 1), enabled
         self.total_bytes, self.unit = total_bytes, unit
-        self.start, self.shown = time.perf_counter(), -1
+        self.shown = -1
         self.tty = sys.stderr.isatty()
+        self._line = ProgressLine(label, self.total, unit, rewrite=self.tty)
+
+    @property
+    def start(self) -> float:  # when counting began (tests move it back)
+        return self._line.t0
+
+    @start.setter
+    def start(self, value: float) -> None:
+        self._line.t0 = value
 
     def update(self, done: int, nbytes: int) -> None:
         if not self.enabled:
@@ -34,19 +44,10 @@ class Progress:
         if not self.tty and pct // 10 == self.shown // 10 and not finished:
             return
         self.shown = pct
-        elapsed = max(time.perf_counter() - self.start, 1e-9)
-        rate = nbytes / 2**20 / elapsed
-        if finished:
-            tail = f"done in {elapsed:.1f} s"
-        elif fraction >= 0.01:  # earlier estimates swing wildly
-            tail = f"ETA {elapsed * (1 - fraction) / fraction:5.0f} s"
-        else:
-            tail = "ETA     ? s"
         count = (f"{nbytes / GiB:.2f}/{self.total_bytes / GiB:.2f} GiB" if self.unit == "bytes"
-                 else f"{done}/{self.total} {self.unit}")
-        start, end = ("\r", "\n" if finished else "") if self.tty else ("", "\n")
-        print(f"{start}[{self.label}] {count} {pct:3d}% {rate:8.1f} MiB/s {tail}",
-              end=end, file=sys.stderr, flush=True)
+                 else None)
+        self._line.show(done, rate=f"{nbytes / 2**20 / self._line.elapsed():.1f} MiB/s",
+                        fraction=fraction, count=count)
 
 
 @contextmanager

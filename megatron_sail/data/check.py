@@ -33,6 +33,7 @@ from megatron_sail.data.sample_encoder import (
     SampleErrorKind,
 )
 from megatron_sail.data.shards import DEFAULT_SHARD_SIZE, INDEX_FILE, ShardIndex, ShardReader, ShardSample, ShardWriter
+from megatron_sail.utils.progress import ProgressLine
 
 CHUNK = 16  # records per worker task: amortises inter-process overhead on text-only data
 
@@ -304,12 +305,13 @@ def total_samples(sources: list[Source]) -> int:
 
 # -- progress ---------------------------------------------------------------------------------
 class Progress:
-    """``what: done/total (rate/s), ETA h:mm:ss`` on stderr every ``interval`` seconds."""
+    """The progress line (``utils.progress``) on stderr every ``interval`` seconds."""
 
     def __init__(self, what: str, total: int, interval: float = 5.0, stream=None) -> None:
-        self.what, self.total, self.interval = what, total, interval
-        self.stream = stream if stream is not None else sys.stderr
-        self.start = self.last = time.monotonic()
+        self.interval = interval
+        self._line = ProgressLine(what, total, "samples",
+                                  stream=stream if stream is not None else sys.stderr)
+        self.last = time.monotonic()
         self.printed = False
 
     def update(self, done: int) -> None:
@@ -317,11 +319,7 @@ class Progress:
         if now - self.last < self.interval:
             return
         self.last, self.printed = now, True
-        rate = done / max(now - self.start, 1e-9)
-        left = max(self.total - done, 0) / rate if rate > 0 else float("inf")
-        eta = time.strftime("%H:%M:%S", time.gmtime(left)) if left != float("inf") else "?"
-        print(f"{self.what}: {done:,}/{self.total:,} samples ({rate:,.0f}/s), ETA {eta}",
-              file=self.stream, flush=True)
+        self._line.show(done)
 
 
 # -- the two commands' engines ------------------------------------------------------------------

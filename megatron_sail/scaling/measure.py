@@ -20,6 +20,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from megatron_sail.distributed.launcher import start_ranks, terminate, wait_ranks
 from megatron_sail.distributed.runtime import free_port
 
 
@@ -121,19 +122,20 @@ def measure(config: str | None, cases: list[list[str]], nproc: int = 1, iteratio
         spec = Path(tmp) / "cases.json"
         spec.write_text(json.dumps({"config": config, "cases": cases,
                                     "ports": [free_port() for _ in cases]}))
-        procs = []
-        for rank in range(nproc):
-            env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_RANK=str(rank),
-                       MASTER_ADDR="127.0.0.1", SAIL_LAUNCHER="local",
-                       OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-            cmd = [sys.executable, "-m", "megatron_sail.scaling.measure", "--rank-spec",
-                   str(spec), "--rank-out", f"{tmp}/rank{rank}.json",
-                   "--iterations", str(iterations)]
-            procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
-                                          stderr=subprocess.STDOUT, text=True))
-        logs = [p.communicate(timeout=timeout)[0] for p in procs]
-        for rank, (proc, log) in enumerate(zip(procs, logs)):
-            if proc.returncode != 0:
+        logs = [open(f"{tmp}/rank{rank}.log", "w") for rank in range(nproc)]
+        try:  # a rank that fails stops the others (they would wait for it in a collective)
+            procs = start_ranks(nproc, ["-m", "megatron_sail.scaling.measure", "--rank-spec",
+                                        str(spec), "--rank-out", tmp,
+                                        "--iterations", str(iterations)], "local",
+                                per_rank=lambda rank: {"stdout": logs[rank]},
+                                stderr=subprocess.STDOUT)
+            codes, _ = wait_ranks(procs, grace=0, stop=terminate, timeout=timeout)
+        finally:
+            for log in logs:
+                log.close()
+        for rank, code in enumerate(codes):
+            if code != 0:
+                log = Path(f"{tmp}/rank{rank}.log").read_text()
                 raise RuntimeError(f"memory measurement rank {rank} failed:\n{log[-4000:]}")
         per_rank = [json.loads(Path(f"{tmp}/rank{r}.json").read_text()) for r in range(nproc)]
         return [[MemoryMeasurement(**per_rank[r][i]) for r in range(nproc)]
@@ -148,13 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iterations", type=int, default=2)
     p.add_argument("--out", default=None, help="write the per-rank results as JSON here")
     p.add_argument("--rank-spec", default=None, help=argparse.SUPPRESS)  # a spawned rank
-    p.add_argument("--rank-out", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--rank-out", default=None, help=argparse.SUPPRESS)  # a directory
     ns = p.parse_args(sys.argv[1:] if argv is None else argv)
     if ns.rank_spec:
         spec = json.loads(Path(ns.rank_spec).read_text())
         with contextlib.redirect_stdout(sys.stderr):
             return _rank_main(spec["config"], spec["cases"], spec["ports"], ns.iterations,
-                              Path(ns.rank_out))
+                              Path(ns.rank_out) / f"rank{os.environ['RANK']}.json")
     config = ns.args[0] if ns.args and "=" not in ns.args[0] else None
     overrides = ns.args[1:] if config else ns.args
     (results,) = measure(config, [overrides], ns.nproc, ns.iterations)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import math
 import sys
-import time
 from pathlib import Path
 from typing import Optional
 
 from megatron_sail.utils.atomic import write_atomic
+from megatron_sail.utils.progress import ProgressLine
 
 
 class MetricsWriter:
@@ -62,23 +62,19 @@ def truncate_after(path: Path, iteration: int) -> None:
 
 
 class Progress:
-    """``[iter 12/30  40%] loss 3.12 lr 9.8e-04 | 2.1 it/s ETA 0:00:09``"""
+    """The console line of training:
+    ``[iter] 12/30  40% | 2.10 it/s | ETA 0:00:09 | loss 3.1200 lr 9.800e-04``"""
 
     def __init__(self, start_iteration: int, total: int, stream=sys.stdout):
-        self.start_iteration, self.total = start_iteration, total
-        self.t0 = time.monotonic()
+        self.start_iteration = start_iteration
+        self._line = ProgressLine("iter", total, start=start_iteration, stream=stream)
         self.stream = stream
 
     def line(self, iteration: int, loss: float, lr: float, extra: Optional[str] = None) -> str:
-        done = iteration - self.start_iteration
-        elapsed = time.monotonic() - self.t0
-        rate = done / elapsed if elapsed > 0 else 0.0
-        eta = (self.total - iteration) / rate if rate > 0 else float("nan")
-        eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if math.isfinite(eta) else "?"
-        pct = 100.0 * iteration / self.total
-        text = (f"[iter {iteration}/{self.total} {pct:3.0f}%] loss {loss:.4f} lr {lr:.3e} | "
-                f"{rate:.2f} it/s ETA {eta_text}")
-        return f"{text} | {extra}" if extra else text
+        rate = (iteration - self.start_iteration) / self._line.elapsed()
+        text = f"loss {loss:.4f} lr {lr:.3e}"
+        return self._line.line(iteration, rate=f"{rate:.2f} it/s",
+                               detail=f"{text} | {extra}" if extra else text)
 
     def show(self, *args, **kwargs) -> None:
         print(self.line(*args, **kwargs), file=self.stream, flush=True)

@@ -200,4 +200,5 @@ def test_progress_line_has_rate_and_eta():
     stream = io.StringIO()
     progress = Progress("prepare", total=100, interval=0.0, stream=stream)
     progress.update(25)
-    assert re.fullmatch(r"prepare: 25/100 samples \([\d,]+/s\), ETA \d\d:\d\d:\d\d\n", stream.getvalue())
+    assert re.fullmatch(r"\[prepare\] 25/100 samples  25% \| [\d.,]+ samples/s \| ETA \d+:\d\d:\d\d\n",
+                        stream.getvalue())
