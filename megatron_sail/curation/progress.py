@@ -1,21 +1,19 @@
-"""The console progress line of ``sail curate``: records done, records/s and the time left,
-rewritten in place on a terminal and printed every ~10% otherwise."""
+"""The console progress line of ``sail curate`` (the one progress line, ``utils.progress``):
+records done, records/s and the time left, rewritten in place on a terminal and printed every
+~10% otherwise; and the line a shard prints while it waits for the others."""
 
 from __future__ import annotations
 
 import sys
-import time
 
-
-def _clock(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+from megatron_sail.utils.progress import ProgressLine
 
 
 class RecordProgress:
     def __init__(self, label: str, total: int, quiet: bool = False) -> None:
         self.label, self.total, self.quiet = label, total, quiet
-        self.done, self.start = 0, time.monotonic()
+        self.line = ProgressLine(f"curate {label}", total, "records")
+        self.done = 0
         self.tty = sys.stderr.isatty()
         self.shown_decile = -1
 
@@ -33,17 +31,13 @@ class RecordProgress:
         if not self.tty and decile == self.shown_decile:
             return
         self.shown_decile = decile
-        elapsed = max(time.monotonic() - self.start, 1e-9)
-        rate = self.done / elapsed
-        left = (self.total - self.done) / rate if rate > 0 else 0.0
-        self._print(f"sail curate: {self.label}: {self.done}/{self.total} records, "
-                    f"{rate:.1f} records/s, ETA {_clock(left)}")
+        self._print(self.line.line(self.done))
 
     def waiting(self, done_chunks: int, chunks: int, shards: list[int]) -> None:
         if done_chunks == getattr(self, "last_wait", None):
             return
         self.last_wait = done_chunks
-        self._print(f"sail curate: {self.label}: waiting for shard(s) "
+        self._print(f"[curate {self.label}] waiting for shard(s) "
                     f"{', '.join(map(str, shards))} ({done_chunks}/{chunks} chunks done)")
 
     def finish(self) -> None:

@@ -3,10 +3,10 @@ time, and return the new tokens from the rank that picked them, with the time sp
 
 from __future__ import annotations
 
-import sys
 import time
 
 from megatron_sail.config.presets import tokens_per_tile
+from megatron_sail.utils.progress import ProgressLine
 
 
 def tiles_per_prompt(prompts, pixels, img_id: int, patch: int) -> list[int]:
@@ -39,6 +39,9 @@ def run_job(spec: dict, cfg, layout, chunks) -> dict:
     vocab = min(cfg.model.llm.vocab_size, spec.get("vocab_limit") or cfg.model.llm.vocab_size)
     stream = _stream(spec) if writer else None
     out: list[list[int]] = []
+    group = spec.get("group", 1)
+    progress = ProgressLine("generate", len(prompts) // group,
+                            "records" if group > 1 else "prompts")
     start = time.perf_counter()
     tile0 = 0
     for first in range(0, len(prompts), batch):
@@ -54,7 +57,9 @@ def run_job(spec: dict, cfg, layout, chunks) -> dict:
                         use_kv_cache=spec.get("kv_cache", True),
                         on_step=None if stream is None else lambda step: stream.add(step[0]))
         if writer and spec.get("progress"):
-            _progress(out, len(prompts), spec.get("group", 1), time.perf_counter() - start)
+            tokens = sum(len(g) for g in out)
+            progress.show(len(out) // group,
+                          detail=f"{tokens} tokens, {tokens / progress.elapsed():.1f} tokens/s")
     if stream is not None:
         stream.finish()
     seconds = time.perf_counter() - start
@@ -71,14 +76,3 @@ def _stream(spec: dict):
     if len(spec["prompts"]) != 1:
         raise ValueError("streaming prints one prompt's answer")
     return TextStream(load_tokenizer(spec["stream_tokenizer"]), spec["eos_token_ids"])
-
-
-def _progress(out: list[list[int]], prompts: int, group: int, seconds: float) -> None:
-    """One line per batch: prompts (or records of ``group`` rollouts) done, tokens/s, ETA."""
-    tokens = sum(len(g) for g in out)
-    unit = "records" if group > 1 else "prompts"
-    done, total = len(out) // group, prompts // group
-    seconds = max(seconds, 1e-9)
-    eta = seconds * (total - done) / max(done, 1)
-    print(f"generated {done}/{total} {unit}, {tokens} tokens, {tokens / seconds:.1f} tokens/s, "
-          f"{done / seconds:.2f} {unit}/s, ETA {eta:.0f} s", file=sys.stderr, flush=True)
