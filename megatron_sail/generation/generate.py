@@ -2,9 +2,16 @@
 RL rollouts.
 
 The forward passes (with Megatron-Core's KV cache by default, or re-running the whole batch
-every step, the reference) are in ``steps``. The last pipeline stage (TP rank 0, first data-
-parallel replica) picks the tokens and every rank receives them, so all ranks take the same
-steps.
+every step, the reference) are in ``steps``. Each data-parallel replica of the model generates
+its own rows (RL rollouts: different prompts per replica; ``sail generate``: the same batch on
+every replica): its last pipeline stage (TP rank 0) picks the tokens and the replica's other
+ranks receive them, so a replica's ranks take the same steps.
+
+Expert parallelism spans the replicas (an MoE layer's all-to-all exchanges tokens between
+them), so with EP > 1 every replica must run the same number of forward passes: the replicas
+agree on the number of prefill passes (a replica with fewer distinct prompt lengths repeats its
+last one, which rewrites the same cache entries) and decode until every replica is done (a
+finished replica's steps are discarded).
 """
 
 from __future__ import annotations
@@ -17,14 +24,44 @@ import torch
 from megatron_sail.generation.sampling import SamplingParams, next_tokens
 
 
-def _share(tokens: Optional[torch.Tensor], batch: int) -> torch.Tensor:
-    """The picking rank's tokens on every rank (a sum where only that rank is non-zero)."""
+def _distributed() -> bool:
     import torch.distributed as dist
 
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _is_picker() -> bool:
+    """The rank of its replica that holds the logits: last pipeline stage, TP rank 0."""
+    from megatron.core import parallel_state
+
+    if not _distributed():
+        return True
+    return (parallel_state.is_pipeline_last_stage(ignore_virtual=True)
+            and parallel_state.get_tensor_model_parallel_rank() == 0)
+
+
+def _share(tokens: Optional[torch.Tensor], batch: int) -> torch.Tensor:
+    """The picking rank's tokens on every rank of its replica (a sum over the model-parallel
+    group, where only that rank is non-zero)."""
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+
     out = torch.zeros(batch, dtype=torch.int64) if tokens is None else tokens.to(torch.int64)
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(out)
+    if _distributed():
+        dist.all_reduce(out, group=parallel_state.get_model_parallel_group())
     return out
+
+
+def _most_over_replicas(value: int, layout) -> int:
+    """The largest ``value`` of any replica, where expert parallelism makes them step
+    together; ``value`` itself otherwise."""
+    import torch.distributed as dist
+
+    if not _distributed() or layout.ep == 1 or layout.dp == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t)
 
 
 @torch.no_grad()
@@ -38,8 +75,9 @@ def generate(model_chunks: list, layout, prompts: Sequence[Sequence[int]], *,
     """New tokens for each prompt, each list ending at its first end token (inclusive) or after
     ``max_new_tokens``.
 
-    - ``model_chunks``/``layout``: the model at its TP/PP, built and loaded in this process
-      (``load_for_generation``); every rank of the model calls this with the same arguments.
+    - ``model_chunks``/``layout``: the model at its TP/PP/EP, built and loaded in this process
+      (``load_for_generation``, or the policy being trained); every rank of a data-parallel
+      replica calls this with the same arguments (replicas may pass different prompts).
     - ``prompts``: token ids per row, ragged; ``<IMG_CONTEXT>`` runs already expanded.
     - ``pixel_values`` [tiles, 3, H, W] float32: the tiles of all image blocks in order (row 0's
       first, then row 1's ...), as ``sail forward`` takes them; ``img_context_token_id`` is
@@ -54,7 +92,6 @@ def generate(model_chunks: list, layout, prompts: Sequence[Sequence[int]], *,
       path is tested against; same tokens).
     """
 
-    from megatron_sail.convert.megatron_side import is_logits_writer
     from megatron_sail.generation.steps import CachedSteps, FullSteps
 
     params = SamplingParams(temperature, top_p, top_k)
@@ -75,8 +112,8 @@ def generate(model_chunks: list, layout, prompts: Sequence[Sequence[int]], *,
         steps = FullSteps(model_chunks, layout, prompts, pixel_values, vocab_size, pad_id)
     new: list[list[int]] = [[] for _ in prompts]
     done = [False] * len(prompts)
-    picker = is_logits_writer()
-    scores = steps.first()
+    picker = _is_picker()
+    scores = steps.first(_most_over_replicas(steps.prefill_passes, layout))
     for count in range(1, max_new_tokens + 1):
         picked = None
         if picker and scores is not None:
@@ -96,7 +133,7 @@ def generate(model_chunks: list, layout, prompts: Sequence[Sequence[int]], *,
             done[i] = t in eos
         if on_step is not None:
             on_step(step)
-        if all(done) or count == max_new_tokens:
+        if count == max_new_tokens or _most_over_replicas(int(not all(done)), layout) == 0:
             break
         scores = steps.next(tokens, done)
     return new

@@ -41,7 +41,13 @@ class FullSteps:
         self.vocab_size, self.pad_id = vocab_size, pad_id
         self.rows = [list(map(int, p)) for p in prompts]
 
-    def first(self) -> Optional[torch.Tensor]:
+    prefill_passes = 1
+
+    def first(self, passes: int = 1) -> Optional[torch.Tensor]:
+        """The prompts' pass, run ``passes`` times (expert-parallel replicas step together;
+        the same pass again gives the same logits)."""
+        for _ in range(passes - 1):
+            self._forward()
         return self._forward()
 
     def next(self, tokens: list[int], done: list[bool]) -> Optional[torch.Tensor]:
@@ -139,18 +145,35 @@ class CachedSteps:
         pad = (-ids.shape[1]) % self.step_width
         return torch.nn.functional.pad(ids, (0, pad), value=self.pad_id)
 
-    def first(self) -> Optional[torch.Tensor]:
-        """Prefill each group of equal-length prompts at its offset, longest first: that
-        pass (offset 0, unmasked causal attention) makes Megatron allocate the cache
-        uninitialised, and the other rows are zeroed before any masked pass reads them (a
-        masked key is weighted 0, but 0 x NaN is NaN)."""
-        scores: list[Optional[torch.Tensor]] = [None] * len(self.prompts)
-        end = len(self.order)
+    @property
+    def prefill_passes(self) -> int:
+        return len(self._groups())
+
+    def _groups(self) -> list[tuple[int, int]]:
+        """``(start, end)`` in cache-row order of each group of equal-length prompts, the
+        longest first."""
+        groups, end = [], len(self.order)
         while end > 0:
             length = len(self.prompts[self.order[end - 1]])
             start = end
             while start > 0 and len(self.prompts[self.order[start - 1]]) == length:
                 start -= 1
+            groups.append((start, end))
+            end = start
+        return groups
+
+    def first(self, passes: int = 0) -> Optional[torch.Tensor]:
+        """Prefill each group of equal-length prompts at its offset, longest first: that
+        pass (offset 0, unmasked causal attention) makes Megatron allocate the cache
+        uninitialised, and the other rows are zeroed before any masked pass reads them (a
+        masked key is weighted 0, but 0 x NaN is NaN). ``passes`` beyond the groups repeat
+        the last group's pass (expert-parallel replicas step together): it writes the same
+        keys and values to the same cache entries again."""
+        scores: list[Optional[torch.Tensor]] = [None] * len(self.prompts)
+        groups = self._groups()
+        groups += [groups[-1]] * max(0, passes - len(groups))
+        for start, end in groups:
+            length = len(self.prompts[self.order[end - 1]])
             rows = self.order[start:end]
             ids = self._padded(torch.tensor([self.prompts[i] for i in rows], dtype=torch.int64))
             tiles = [self.tiles[i] for i in rows if self.tiles[i] is not None]
@@ -164,7 +187,6 @@ class CachedSteps:
             if logits is not None:
                 for i, row in enumerate(rows):
                     scores[row] = logits[i]
-            end = start
         return None if scores[0] is None else torch.stack(scores)
 
     @staticmethod

@@ -73,7 +73,6 @@ def test_generate_never_picks_the_image_placeholder(monkeypatch):
         return logits
 
     monkeypatch.setattr(megatron_side, "forward_logits", fake_logits)
-    monkeypatch.setattr(megatron_side, "is_logits_writer", lambda: True)
     for temperature in (0.0, 1.0):
         new = generate([None], None, [[0, 2], [2]], pixel_values=None, max_new_tokens=20,
                        temperature=temperature, seed=0, img_context_token_id=img, vocab_size=6,
