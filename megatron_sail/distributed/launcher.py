@@ -14,14 +14,16 @@ from megatron_sail.distributed.runtime import free_port
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
 
-def launch_local(nproc: int, worker_args: list[str]) -> int:
+def launch_local(nproc: int, worker_args: list[str],
+                 module: str = "megatron_sail.training.worker") -> int:
+    """``module``: the rank entry point (the training worker, or the RL worker)."""
     port = free_port()
     procs: list[subprocess.Popen] = []
     for rank in range(nproc):
         env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_RANK=str(rank),
                    LOCAL_WORLD_SIZE=str(nproc), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
                    SAIL_LAUNCHER="local", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-        procs.append(subprocess.Popen([sys.executable, "-m", "megatron_sail.training.worker",
+        procs.append(subprocess.Popen([sys.executable, "-m", module,
                                        *worker_args], env=env))
 
     def forward(signum, _frame):

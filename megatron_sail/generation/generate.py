@@ -20,12 +20,14 @@ from megatron_sail.generation.sampling import SamplingParams, next_tokens
 
 
 def _share(tokens: Optional[torch.Tensor], batch: int) -> torch.Tensor:
-    """The picking rank's tokens on every rank (a sum where only that rank is non-zero)."""
+    """The picking rank's tokens on every rank of its model replica (a sum where only that
+    rank is non-zero); data-parallel replicas (RL rollouts) each generate their own rows."""
     import torch.distributed as dist
+    from megatron.core import parallel_state
 
     out = torch.zeros(batch, dtype=torch.int64) if tokens is None else tokens.to(torch.int64)
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(out)
+        dist.all_reduce(out, group=parallel_state.get_model_parallel_group())
     return out
 
 
