@@ -40,6 +40,7 @@ class JobOptions:
     job_name: str | None = None
     max_restarts: int | None = None
     dry_run: bool = False
+    entry: str = "train"   # rl: the config is an RL run (`sail rl`)
 
     @property
     def python(self) -> str:
@@ -110,7 +111,7 @@ def submit_run(config: str | Path, overrides: list[str], opts: JobOptions) -> in
     spec = ScriptSpec(command="submit", job_name=job_name, request=opts.request, site=opts.site,
                       runs=[RunSpec(run.run_dir, run.cfg.train.train_iters)],
                       workdir=Path.cwd(), log=str(run.run_dir / "slurm/logs/%x-%j.out"),
-                      python=opts.python, max_restarts=opts.max_restarts)
+                      python=opts.python, max_restarts=opts.max_restarts, entry=opts.entry)
     if opts.dry_run:
         print(render_script(spec), end="")
         return 0

@@ -200,11 +200,13 @@ class RLTrainer(Trainer):
         logp = vocab_parallel_token_logprobs(
             output[:, :-1], mb.targets.to(output.device), rl.temperature,
             self.tokenizer.vocab_size, banned=(self.cfg.model.img_context_token_id,))
+        # Only response tokens count; a prompt's image placeholders score -inf (never sampled).
+        mask = mb.mask.to(logp.device)
+        logp = logp.masked_fill(mask == 0, 0.0)
         zero_count = torch.zeros((), dtype=torch.int, device=logp.device)
         if mode in ("old", "ref"):
             setattr(mb, f"{mode}_logp", logp.detach())
             return (logp * 0).sum(), zero_count, {}
-        mask = mb.mask.to(logp.device)
         tokens = mask.sum()
         stats = torch.zeros(STATS, dtype=torch.float64, device=logp.device)
         if float(tokens) == 0:  # padding rows only
@@ -304,7 +306,7 @@ class RLTrainer(Trainer):
                    for r in results]
         record = {
             "iteration": episode + 1,
-            "loss": float(np.mean([float(u.loss) for u in updates])) if updates else float("nan"),
+            "loss": float(np.mean([float(u.loss) for u in updates])) if updates else None,
             "lr": self.scheduler.get_lr(self.optimizer.param_groups[0]),
             "grad_norm": float(results[-1]["grad_norm"]) if results and
             results[-1]["grad_norm"] is not None else None,
@@ -336,7 +338,8 @@ class RLTrainer(Trainer):
             state.consumed_samples = record["consumed_samples"]
             if self.metrics:
                 self.metrics.write(record)
-                progress.show(state.iteration, record["loss"], record["lr"], _summary(record))
+                loss = float("nan") if record["loss"] is None else record["loss"]
+                progress.show(state.iteration, loss, record["lr"], _summary(record))
             stop = self.stop.agreed()
             interval = cfg.checkpoint.save_interval
             exit_now = bool(cfg.train.exit_interval
