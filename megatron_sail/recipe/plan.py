@@ -66,12 +66,9 @@ def _resolve(label: str, config: str | None, overrides: list[str], world: int | 
     try:
         cfg = load_config(config, overrides)
         if worker == RL_WORKER:
-            from megatron_sail.rl.config import check_rl_config
+            from megatron_sail.rl.config import check_rl_run
 
-            check_rl_config(cfg.rl)
-            if not cfg.rl.data:
-                raise ConfigError("rl.data is not set: an rl stage needs prompt records with "
-                                  "reference answers")
+            check_rl_run(cfg)
         if world is not None:
             resolve_layout(cfg, world, cuda_available=gpus, te_available=gpus)
     except ConfigError as exc:

@@ -21,11 +21,11 @@ SUBCOMMANDS = {"filter": "megatron_sail.rl.filter_cli"}
 def _train(argv: list[str]) -> int:
     from megatron_sail.cli import cmd_train
     from megatron_sail.errors import UserError, report_error
-    from megatron_sail.rl.config import check_rl_config
+    from megatron_sail.rl.config import check_rl_run
 
     try:
         return cmd_train(argv, worker="megatron_sail.rl.worker", usage=USAGE,
-                         check=lambda cfg: check_rl_config(cfg.rl))
+                         check=check_rl_run)
     except UserError as exc:
         report_error("rl", str(exc))
         return 2

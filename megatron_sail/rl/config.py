@@ -61,3 +61,19 @@ def check_rl_config(cfg: RLConfig, prefix: str = "rl.") -> None:
     from megatron_sail.config.loader import _raise_all  # the loader imports the schema, which imports this
 
     _raise_all([text for _, text in rl_config_errors(cfg, prefix)])
+
+
+def check_rl_run(cfg) -> None:
+    """Everything ``sail rl`` can check before starting ranks, for a whole SailConfig: the
+    ``rl`` section's values and relations, and its prompt file; raised together."""
+    import os
+
+    from megatron_sail.config.loader import _raise_all
+
+    errors = [text for _, text in rl_config_errors(cfg.rl)]
+    if not cfg.rl.data:
+        errors.append("rl.data is not set: RL needs prompt records with reference answers "
+                      "(a JSONL file in the training format)")
+    elif not os.path.isfile(cfg.rl.data):
+        errors.append(f"rl.data={cfg.rl.data}: no such file")
+    _raise_all(errors)

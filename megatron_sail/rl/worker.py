@@ -12,10 +12,10 @@ import sys
 def load_rl_config(config_path: str | None, overrides: list[str]):
     """The config with its ``rl`` section checked (every problem at once)."""
     from megatron_sail.config import load_config
-    from megatron_sail.rl.config import check_rl_config
+    from megatron_sail.rl.config import check_rl_run
 
     cfg = load_config(config_path, overrides)
-    check_rl_config(cfg.rl)
+    check_rl_run(cfg)
     return cfg
 
 
