@@ -66,9 +66,9 @@ def _resolve(label: str, config: str | None, overrides: list[str], world: int | 
     try:
         cfg = load_config(config, overrides)
         if worker == RL_WORKER:
-            from megatron_sail.rl.config import check_rl_run
+            from megatron_sail.rl.config import check_rl_config, check_rl_run
 
-            check_rl_run(cfg)
+            check_rl_run(cfg) if world is not None else check_rl_config(cfg.rl)
         if world is not None:
             resolve_layout(cfg, world, cuda_available=gpus, te_available=gpus)
     except ConfigError as exc:
