@@ -1,6 +1,6 @@
 """`sail rl` end to end on 2 ranks, from a short SFT warm start on the counting task: an RL
-run stopped half-way and resumed writes exactly the metrics of an uninterrupted one (DAPO,
-DP = 2), and GSPO trains the MoE model with its experts split over the ranks (EP = 2)."""
+run stopped half-way and resumed writes exactly the metrics of an uninterrupted one (DAPO
+with a KL term to the starting weights, DP = 2), and GSPO trains the MoE model with its experts split over the ranks (EP = 2)."""
 
 from __future__ import annotations
 
@@ -46,8 +46,9 @@ def _deterministic(record: dict) -> dict:
 
 def test_rl_resumed_half_way_equals_the_uninterrupted_run(tmp_path):
     ckpt = warm_start(tmp_path, "tiny")
+    # with a KL term: the resumed run must rebuild the same frozen reference
     common = [DAPO, f"checkpoint.load={ckpt}", "train.train_iters=4", *SMALL_RL,
-              "checkpoint.save_interval=null"]
+              "checkpoint.save_interval=null", "rl.kl_coeff=0.05"]
     sail("rl", *common, f"run.output_dir={tmp_path / 'straight'}")
     stopped = tmp_path / "resumed"
     first = sail("rl", *common, f"run.output_dir={stopped}", "train.exit_interval=2")
@@ -60,7 +61,8 @@ def test_rl_resumed_half_way_equals_the_uninterrupted_run(tmp_path):
     assert any(r["rl/updates"] > 0 for r in straight)  # the equality covers real updates
     for record in straight:
         for key in ("rl/reward_mean", "rl/accuracy", "rl/response_length_mean",
-                    "rl/groups_kept", "rl/rollout_tokens_per_sec", "rl/update_time_s"):
+                    "rl/groups_kept", "rl/rollout_tokens_per_sec", "rl/update_time_s",
+                    *(("rl/kl", "rl/clip_fraction") if record["rl/updates"] else ())):
             assert key in record, key
 
 
