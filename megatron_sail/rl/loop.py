@@ -151,6 +151,7 @@ class RLTrainer(Trainer):
         responses: list[list[int]] = []
         kept: list[int] = []        # group numbers over all rounds
         count, round_ = needed, 0
+        all_scores: Optional[ScoredBatch] = None
         while True:
             drawn, new = self._rollout_round(episode, round_, count)
             first_group = len(prompt_of) // G
@@ -161,7 +162,7 @@ class RLTrainer(Trainer):
             keep = informative_groups(scored.total, G) if rl.dynamic_sampling else \
                 torch.ones(len(drawn), dtype=torch.bool)
             kept += [first_group + g for g in range(len(drawn)) if bool(keep[g])]
-            all_scores = scored if round_ == 0 else _concat(all_scores, scored)
+            all_scores = scored if all_scores is None else _concat(all_scores, scored)
             groups = len(prompt_of) // G
             if not rl.dynamic_sampling or len(kept) >= needed or round_ >= rl.max_refill_rounds:
                 break

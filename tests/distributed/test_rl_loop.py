@@ -11,8 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from tests.helpers import REPO
 
 SFT = os.path.join(REPO, "examples", "rl", "count-sft.yaml")

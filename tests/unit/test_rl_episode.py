@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import pytest
 import torch
 
 from megatron_sail.rl.data import draw_prompts
