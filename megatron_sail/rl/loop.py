@@ -358,13 +358,14 @@ class RLTrainer(Trainer):
         return 0
 
     def _save_if_updated(self, last_saved: Optional[int]) -> Optional[int]:
-        """Save, unless no update has run yet (every group so far had all-equal rewards):
-        the distributed optimizer has no state to save then, and a rerun redoes those
-        episodes exactly."""
+        """Save. Before the first update (every group so far had all-equal rewards) the
+        distributed optimizer has no state to describe: it is given Adam's zero state first (a
+        zero step at lr 0, weights unchanged), as loading does, so such a run still finishes."""
         if self.scheduler.num_steps == 0:
-            _print0(f"episode {self.state.iteration}: no update yet (no informative group), "
-                    f"nothing to checkpoint")
-            return last_saved
+            from megatron_sail.checkpointing.dist_ckpt import _materialise_optimizer_state
+
+            _print0(f"episode {self.state.iteration}: no update yet (no informative group)")
+            _materialise_optimizer_state(self.optimizer)
         self.save()
         return self.state.iteration
 
