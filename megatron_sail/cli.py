@@ -14,6 +14,7 @@ sail convert import-hf | export-hf | init-from | verify ...  (sail convert --hel
 sail forward --ckpt DIR --inputs IN.safetensors --out OUT.safetensors [--tp N] [--pp N]
 sail generate --ckpt DIR --prompt TEXT [--image PATH ...] [--video PATH] | --input IN.jsonl --output OUT.jsonl |
               --inputs IN.safetensors --out OUT.safetensors  [--max-new-tokens N] [--temperature T] ...
+sail rl CONFIG.yaml [key=value ...] [--nproc-per-node N]  (RL: DAPO, GSPO, GRPO)
 sail rl filter --ckpt DIR --input DATA.jsonl --out DIR [--k 4] [--drop-unsolved] ...  (pass@k filtering)
 sail slurm submit CONFIG.yaml [key=value ...] --nodes N --gpus-per-node G [options] [--dry-run]
 sail slurm sweep SWEEP.yaml --nodes N --gpus-per-node G [options] [--dry-run]
@@ -63,9 +64,12 @@ def _externally_launched() -> bool:
     return ("RANK" in os.environ and "WORLD_SIZE" in os.environ) or "SLURM_STEP_ID" in os.environ
 
 
-def cmd_train(args: list[str]) -> int:
+def cmd_train(args: list[str], worker: str = "megatron_sail.training.worker",
+              usage: str = TRAIN_USAGE, check=None) -> int:
+    """``sail train``; ``sail rl CONFIG`` is the same launch with the RL worker and ``check``
+    (more checks of the loaded config, raising a user error)."""
     if any(a in ("-h", "--help") for a in args):
-        print(TRAIN_USAGE)
+        print(usage)
         return 0
     if _externally_launched():  # this process is a rank: keep a scheduler's early warning
         from megatron_sail.training.signals import record_early_signals
@@ -77,6 +81,8 @@ def cmd_train(args: list[str]) -> int:
 
     config, overrides, nproc = _split_train_args(args)
     cfg = load_config(config, overrides)
+    if check is not None:
+        check(cfg)
     if _externally_launched():
         world = detect_env().world_size
         if nproc > 1:
@@ -96,14 +102,14 @@ def cmd_train(args: list[str]) -> int:
 
     worker_args = ([config] if config else []) + overrides
     if _externally_launched() or nproc == 1:
-        from megatron_sail.training.worker import main as worker_main
+        import importlib
 
-        return worker_main(worker_args)
+        return importlib.import_module(worker).main(worker_args)
     from megatron_sail.distributed.launcher import launch_local
     from megatron_sail.training.run_lock import hold_run_dir
 
     with hold_run_dir(cfg.run.output_dir):   # for all local ranks, before any of them starts
-        return launch_local(nproc, worker_args)
+        return launch_local(nproc, worker_args, module=worker)
 
 
 def cmd_plot(args: list[str]) -> int:

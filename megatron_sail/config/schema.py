@@ -11,6 +11,7 @@ from typing import Literal, Optional
 
 from megatron_sail.config.fields import num
 from megatron_sail.config.presets import AdapterArch, LLMArch, VisionArch
+from megatron_sail.config.rl import RLConfig
 
 FREEZABLE = ("vision", "adapter", "llm")
 # Choices of data.video_backend / data.image_decoder ("auto" picks per file or per machine).
@@ -234,6 +235,7 @@ class SailConfig:
     run: RunConfig = field(default_factory=RunConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     performance: PerformanceConfig = field(default_factory=PerformanceConfig)
+    rl: RLConfig = field(default_factory=RLConfig)  # read by `sail rl` only
 
 
 def chat_template_of(cfg: "SailConfig") -> str:

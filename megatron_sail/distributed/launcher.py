@@ -70,8 +70,10 @@ def terminate(proc: subprocess.Popen, timeout: float = 15) -> None:
         proc.kill()
 
 
-def launch_local(nproc: int, worker_args: list[str]) -> int:
-    procs = start_ranks(nproc, ["-m", "megatron_sail.training.worker", *worker_args], "local")
+def launch_local(nproc: int, worker_args: list[str],
+                 module: str = "megatron_sail.training.worker") -> int:
+    """``module``: the rank entry point (the training worker, or the RL worker)."""
+    procs = start_ranks(nproc, ["-m", module, *worker_args], "local")
 
     def forward(signum, _frame):
         for proc in procs:

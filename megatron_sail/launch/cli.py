@@ -39,6 +39,9 @@ def job_parser(prog: str, what: str) -> argparse.ArgumentParser:
     run.add_argument("--container-image", default=None,
                      help="run in this pyxis/enroot image instead of the current Python env")
     run.add_argument("--dry-run", action="store_true", help="print the script, submit nothing")
+    if prog.endswith("submit"):
+        run.add_argument("--rl", action="store_true",
+                         help="an RL run: the job runs `sail rl` on the config")
     return parser
 
 
@@ -59,7 +62,8 @@ def job_options(ns: argparse.Namespace):
                            partition=ns.partition, time=ns.time, account=ns.account,
                            cpus_per_task=ns.cpus_per_task, mem=ns.mem)
     return JobOptions(request=request, site=site, job_name=slurm_value("--job-name", ns.job_name),
-                      max_restarts=ns.max_restarts, dry_run=ns.dry_run)
+                      max_restarts=ns.max_restarts, dry_run=ns.dry_run,
+                      entry="rl" if getattr(ns, "rl", False) else "train")
 
 
 def cmd_submit(args: list[str]) -> int:

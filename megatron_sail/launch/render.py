@@ -69,8 +69,9 @@ class ScriptSpec:
     max_parallel: int | None = None
     max_restarts: int | None = None  # None: the site's
     dependency: str | None = None    # e.g. afterok:123 (a recipe's chained stages)
-    # What each task runs after the interpreter; None: `sail train` of the run's stored config.
+    # What each task runs after the interpreter; None: `sail <entry>` of the run's stored config.
     step_args: tuple[str, ...] | None = None
+    entry: str = "train"             # train, or rl (an RL run: the same job, the RL loop)
 
 
 def fill(template: str, values: dict[str, str]) -> str:
@@ -179,7 +180,9 @@ def render_script(spec: ScriptSpec) -> str:
                  f'export PATH={bindir}:"$PATH"']
     setup = list(site.setup) + setup
     restarts = site.max_restarts if spec.max_restarts is None else spec.max_restarts
-    step = ('train "$RUN_DIR/slurm/config.yaml"' if spec.step_args is None
+    if spec.entry not in ("train", "rl"):
+        raise ValueError(f"unknown entry {spec.entry!r}")
+    step = (f'{spec.entry} "$RUN_DIR/slurm/config.yaml"' if spec.step_args is None
             else " ".join(shlex.quote(one_line("step argument", a)) for a in spec.step_args))
     return fill(TEMPLATE.read_text(), {
         "command": spec.command,

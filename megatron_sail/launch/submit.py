@@ -41,6 +41,7 @@ class JobOptions:
     job_name: str | None = None
     max_restarts: int | None = None
     dry_run: bool = False
+    entry: str = "train"   # rl: the config is an RL run (`sail rl`)
 
     @property
     def python(self) -> str:
@@ -107,11 +108,15 @@ def _submission(opts: JobOptions, job_name: str, script: Path, cfg: SailConfig) 
 
 def submit_run(config: str | Path, overrides: list[str], opts: JobOptions) -> int:
     run = resolve(config, overrides, opts.request)
+    if opts.entry == "rl":   # the rl section and its prompt file, before anything is queued
+        from megatron_sail.rl.config import check_rl_run
+
+        check_rl_run(run.cfg)
     job_name = opts.job_name or default_job_name(run.run_dir.name)
     spec = ScriptSpec(command="submit", job_name=job_name, request=opts.request, site=opts.site,
                       runs=[RunSpec(run.run_dir, run.cfg.train.train_iters)],
                       workdir=Path.cwd(), log=str(run.run_dir / "slurm/logs/%x-%j.out"),
-                      python=opts.python, max_restarts=opts.max_restarts)
+                      python=opts.python, max_restarts=opts.max_restarts, entry=opts.entry)
     if opts.dry_run:
         print(render_script(spec), end="")
         return 0

@@ -58,7 +58,7 @@ def cmd_run(args: list[str]) -> int:
     root = Path(ns.out).absolute()
     recipe, plans = _load(ns.recipe, root, ns.overrides, ns.nproc_per_node)
     selected = select(recipe, plans, ns.until, ns.only)
-    first = next((p for p in selected if p.stage.kind != "rl"), None)
+    first = selected[0] if selected else None
     if first is not None and not stage_finished(first):
         check_start(first)  # before anything is written
     write_root_record(root, recipe.path, ns.overrides)

@@ -17,6 +17,8 @@ from megatron_sail.recipe.schema import Recipe, RecipeError, Stage
 
 SOUP_CHECKPOINT = "checkpoint"  # ROOT/NN-soup/checkpoint: the souped weights
 SOUP_RUNS = "runs"              # ROOT/NN-soup/runs/NAME: the source stage's repeats
+TRAIN_WORKER = "megatron_sail.training.worker"
+RL_WORKER = "megatron_sail.rl.worker"        # rl stages: episodes are train.train_iters
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,7 @@ class TrainPlan:
     config: str | None
     overrides: tuple[str, ...]
     cfg: SailConfig            # resolved, validated
+    worker: str = TRAIN_WORKER  # the rank entry point: training, or RL (rl stages)
 
     @property
     def worker_args(self) -> list[str]:
@@ -39,14 +42,14 @@ class StagePlan:
     stage: Stage
     run_dir: Path
     start_from: Path | None         # the checkpoint (directory) the stage loads, if any
-    train: TrainPlan | None = None  # train stages
+    train: TrainPlan | None = None  # train and rl stages
     soup_runs: tuple[TrainPlan, ...] = ()  # soup stages: the repeats of the source stage
     soup_inputs: tuple[Path, ...] = ()     # soup stages: the checkpoints averaged
 
     @property
     def output(self) -> Path | None:
-        """Where the stage's result lives: what the next stage loads (None: rl, skipped)."""
-        if self.stage.kind == "train":
+        """Where the stage's result lives: what the next stage loads."""
+        if self.stage.kind in ("train", "rl"):
             return self.run_dir / "checkpoints"
         if self.stage.kind == "soup":
             return self.run_dir / SOUP_CHECKPOINT
@@ -58,17 +61,21 @@ def _arg(key: str, value) -> str:
 
 
 def _resolve(label: str, config: str | None, overrides: list[str], world: int | None,
-             gpus: bool, errors: list[str]) -> TrainPlan | None:
+             gpus: bool, errors: list[str], worker: str = TRAIN_WORKER) -> TrainPlan | None:
     """``world`` None: the config alone (keys and types), not its layout or files."""
     try:
         cfg = load_config(config, overrides)
+        if worker == RL_WORKER:
+            from megatron_sail.rl.config import check_rl_config, check_rl_run
+
+            check_rl_run(cfg) if world is not None else check_rl_config(cfg.rl)
         if world is not None:
             resolve_layout(cfg, world, cuda_available=gpus, te_available=gpus)
     except ConfigError as exc:
         errors.append(f"stage {label}: {exc}")
         return None
     return TrainPlan(label=label, run_dir=Path(cfg.run.output_dir), config=config,
-                     overrides=tuple(overrides), cfg=cfg)
+                     overrides=tuple(overrides), cfg=cfg, worker=worker)
 
 
 def _train_overrides(recipe: Recipe, stage: Stage, run_dir: Path, start_from: Path | None,
@@ -96,10 +103,11 @@ def plan_recipe(recipe: Recipe, root: Path, world: int | None = 1, extra: list[s
         run_dir = root / recipe.dir_name(i)
         start_from = {"previous": previous, "none": None}.get(stage.init, Path(stage.init))
         plan = StagePlan(index=i, stage=stage, run_dir=run_dir, start_from=start_from)
-        if stage.kind == "train":
+        if stage.kind in ("train", "rl"):
             train = _resolve(stage.name, stage.config or recipe.base,
                              _train_overrides(recipe, stage, run_dir, start_from, list(extra)),
-                             world, gpus, errors)
+                             world, gpus, errors,
+                             RL_WORKER if stage.kind == "rl" else TRAIN_WORKER)
             plan = StagePlan(i, stage, run_dir, start_from, train=train)
         elif stage.kind == "soup":
             plan = _soup_plan(recipe, plan, by_name.get(stage.source), list(extra), world, gpus,
@@ -166,7 +174,7 @@ def soup_finished(plan: StagePlan) -> bool:
 
 
 def stage_finished(plan: StagePlan) -> bool:
-    if plan.stage.kind == "train":
+    if plan.stage.kind in ("train", "rl"):
         return plan.train is not None and train_finished(plan.train)
     if plan.stage.kind == "soup":
         return soup_finished(plan)

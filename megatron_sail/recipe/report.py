@@ -49,8 +49,12 @@ def show(plans: list[StagePlan]) -> str:
             what = f"{stage.source}" + (" + " if stage.include_source else " ") + f"[{runs}]"
             rows.append([stage.name, "soup", "-", f"average of {what}", "-", "-", "-", "-"])
         elif stage.kind == "rl":
-            rows.append([stage.name, "rl", "-", _init(plan, plans), "-", "-", "-",
-                         "(not available yet: skipped)"])
+            cfg = train.cfg
+            trainable = [p for p in FREEZABLE if p not in cfg.model.freeze]
+            rows.append([stage.name, f"rl ({cfg.rl.algorithm})", ",".join(trainable),
+                         _init(plan, plans), f"{cfg.optimizer.lr:g}",
+                         str(cfg.rl.rollouts_per_episode), str(cfg.rl.max_context),
+                         os.path.basename(str(cfg.rl.data))])
         else:
             cfg = train.cfg
             trainable = [p for p in FREEZABLE if p not in cfg.model.freeze]
@@ -117,9 +121,7 @@ def status(plans: list[StagePlan]) -> str:
     for plan in plans:
         stage = plan.stage
         name = f"{plan.index + 1:02d}-{stage.name}"
-        if stage.kind == "rl":
-            rows.append([name, "skipped (kind rl not available yet)", "-", "-"])
-        elif stage.kind == "train":
+        if stage.kind in ("train", "rl"):
             rows.append([name, *_train_state(plan.train)])
         else:
             for run in plan.soup_runs:

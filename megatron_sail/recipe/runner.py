@@ -1,5 +1,5 @@
-"""``sail recipe run``: the stages in order, each an ordinary training run through the one local
-rank launcher. A finished stage is skipped, an unfinished one resumes from its own run
+"""``sail recipe run``: the stages in order, each an ordinary training (or RL) run through the one
+local rank launcher. A finished stage is skipped, an unfinished one resumes from its own run
 directory (training resumes exactly), so rerunning the same command continues the chain."""
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def _mark_running(run_dir: Path) -> None:
 
 
 def _train(train: TrainPlan, nproc: int) -> int:
-    """Run (or resume) one training run; 0 once it reached train_iters."""
+    """Run (or resume) one training or RL run; 0 once it reached train_iters (episodes)."""
     if train_finished(train):
         log.info("%s: finished (%s), skipped", train.label, train.run_dir)
         return 0
@@ -47,7 +47,7 @@ def _train(train: TrainPlan, nproc: int) -> int:
     log.info("%s: %s into %s", train.label,
              f"resuming at iteration {done}" if done else "starting", train.run_dir)
     _mark_running(train.run_dir)
-    rc = launch_local(nproc, train.worker_args)
+    rc = launch_local(nproc, train.worker_args, module=train.worker)
     if rc != 0:
         log.error("%s: training failed with exit code %d; see the output above", train.label, rc)
         return rc
@@ -89,23 +89,12 @@ def _has_checkpoint(path: Path) -> bool:
     return True
 
 
-def _previous_output(plans: list[StagePlan], index: int) -> Path | None:
-    for plan in reversed(plans[:index]):
-        if plan.output is not None:
-            return plan.output
-    return None
-
-
 def run_stages(all_plans: list[StagePlan], selected: list[StagePlan], nproc: int) -> int:
     for plan in selected:
         stage = plan.stage
-        if stage.kind == "rl":
-            log.info("stage %s: kind rl is not available yet — skipped; the next stage starts "
-                     "from %s", stage.name, _previous_output(all_plans, plan.index) or "nothing")
-            continue
         if not stage_finished(plan):
             check_start(plan)
-        if stage.kind == "train":
+        if stage.kind in ("train", "rl"):
             rc = _train(plan.train, nproc)
         else:
             rc = _soup_stage(plan, nproc)

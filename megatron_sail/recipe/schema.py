@@ -8,7 +8,7 @@ Recipe file::
     common: {train: {seed: 1}}       # optional: overrides for every stage (nested or dotted)
     stages:
       - name: vit-warmup             # one of STAGE_NAMES, in chain order
-        kind: train                  # train (default) | soup | rl
+        kind: train                  # train (default) | soup | rl (sail rl: episodes = train_iters)
         config: stage.yaml           # optional: instead of base
         init: previous               # previous (default; none for the first stage) | none | PATH
         trainable: [adapter]         # the other parts are frozen (default: all trainable)
@@ -21,8 +21,8 @@ Recipe file::
         weights: [0.5, 0.5]          # optional, one per souped checkpoint
         include_source: true         # the source stage's own run is souped too (default)
 
-Paths (base, config, init, data.blend, data.valid_blend, data.tokenizer) are relative to the
-recipe file. Every problem of a recipe is reported at once.
+Paths (base, config, init, data.blend, data.valid_blend, data.tokenizer, rl.data,
+rl.judge_checkpoint) are relative to the recipe file. Every problem of a recipe is reported at once.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from megatron_sail.errors import UserError
 STAGE_NAMES = ("vit-warmup", "vit-align", "vit-knowledge", "pretrain-basic", "pretrain-multitask",
                "sft", "soup", "longcot-sft", "rl-reasoning", "think-fusion-sft", "rl-mixed")
 KINDS = ("train", "soup", "rl")
-PATH_KEYS = ("data.blend", "data.valid_blend", "data.tokenizer")
+PATH_KEYS = ("data.blend", "data.valid_blend", "data.tokenizer", "rl.data", "rl.judge_checkpoint")
 _SFT_PHASE = re.compile(r"^sft-([1-9][0-9]*)$")
 _STAGE_KEYS = {"name", "kind", "config", "init", "trainable", "reinit", "set", "source", "runs",
                "weights", "include_source"}

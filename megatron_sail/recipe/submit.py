@@ -1,6 +1,6 @@
 """``sail recipe submit``: the chain as SLURM jobs, each stage's job starting only after the
-previous one succeeded (``--dependency=afterok``). A train stage's job is an ordinary
-``sail slurm submit`` job of the stage's resolved config (pre-emption warning, checkpoint,
+previous one succeeded (``--dependency=afterok``). A train (or rl) stage's job is an ordinary
+``sail slurm submit`` (``--rl``) job of the stage's resolved config (pre-emption warning, checkpoint,
 requeue); a soup stage submits its repeated runs the same way, then one single-task job that
 runs ``sail recipe run RECIPE --out ROOT --only soup`` once they all succeeded."""
 
@@ -14,7 +14,7 @@ from pathlib import Path
 from megatron_sail.launch.render import RunSpec, ScriptSpec, render_script
 from megatron_sail.launch.submit import JobOptions, submit_job
 from megatron_sail.recipe.plan import (
-    StagePlan, TrainPlan, plan_recipe, select, stage_finished, train_finished,
+    RL_WORKER, StagePlan, TrainPlan, plan_recipe, select, stage_finished, train_finished,
 )
 from megatron_sail.recipe.report import write_root_record
 from megatron_sail.recipe.schema import Recipe, load_recipe
@@ -23,14 +23,14 @@ log = logging.getLogger("megatron_sail.recipe")
 
 
 def _spec(recipe: Recipe, run_dir: Path, label: str, train_iters: int, opts: JobOptions,
-          after: list[str], request=None, step_args=None) -> ScriptSpec:
+          after: list[str], request=None, step_args=None, entry: str = "train") -> ScriptSpec:
     name = f"{opts.job_name or 'sail-' + recipe.name}-{label}"
     return ScriptSpec(command="recipe submit", job_name=name, request=request or opts.request,
                       site=opts.site, runs=[RunSpec(run_dir, train_iters)], workdir=Path.cwd(),
                       log=str(run_dir / "slurm/logs/%x-%j.out"), python=opts.python,
                       max_restarts=opts.max_restarts,
                       dependency=f"afterok:{':'.join(after)}" if after else None,
-                      step_args=step_args)
+                      step_args=step_args, entry=entry)
 
 
 class _Submitter:
@@ -49,7 +49,7 @@ class _Submitter:
 
     def train(self, train: TrainPlan, label: str, after: list[str]) -> str:
         spec = _spec(self.recipe, train.run_dir, label, train.cfg.train.train_iters, self.opts,
-                     after)
+                     after, entry="rl" if train.worker == RL_WORKER else "train")
         return self._send(train.label, train.run_dir, train.cfg, spec)
 
     def soup(self, plan: StagePlan, label: str, after: list[str]) -> str:
@@ -78,15 +78,11 @@ def submit_recipe(recipe_file: str, root: Path, overrides: list[str], until: str
     after: list[str] = []  # the job(s) the next stage waits for
     for plan in selected:
         stage, label = plan.stage, recipe.dir_name(plan.index)
-        if stage.kind == "rl":
-            log.info("stage %s: kind rl is not available yet — skipped; the next stage starts "
-                     "from the previous stage's checkpoint", stage.name)
-            continue
         if stage_finished(plan):
             log.info("%s: finished already, no job", stage.name)
             after = []
             continue
-        if stage.kind == "train":
+        if stage.kind in ("train", "rl"):
             after = [sub.train(plan.train, label, after)]
         else:
             runs = [sub.train(run, f"{label}-{run.run_dir.name}", after)

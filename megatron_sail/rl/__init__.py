@@ -1,3 +1,4 @@
-"""Reinforcement learning with verifiable rewards: policy losses, group-relative advantages,
-rewards, the RL config, a tiny verifiable task and pass@k filtering. Every piece here is pure
-(no generation, no process groups) so the RL loop can compose them and tests can plant values."""
+"""Reinforcement learning with verifiable rewards. Pure pieces (policy losses, group-relative
+advantages, rewards, the RL config's checks, rollout packing, metrics, the tiny counting task,
+pass@k filtering) that tests can plant values into, and the loop that composes them with
+generation and Megatron's schedules (``loop.py``, run by ``worker.py`` / ``sail rl``)."""

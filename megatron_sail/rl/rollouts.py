@@ -56,3 +56,30 @@ def token_logprobs(logits: Tensor, targets: Tensor, temperature: float = 1.0) ->
     dtype = torch.promote_types(logits.dtype, torch.float32)
     logp = torch.log_softmax(logits.to(dtype) / temperature, dim=-1)
     return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+def vocab_parallel_token_logprobs(logits: Tensor, targets: Tensor, temperature: float,
+                                  vocab_size: int, banned: Sequence[int] = ()) -> Tensor:
+    """``token_logprobs`` on this tensor-parallel rank's vocabulary shard [B, S - 1, V / TP]
+    without gathering the logits: Megatron's vocab-parallel cross entropy is -log softmax at
+    the target. The columns generation never samples - the output layer's padding beyond the
+    tokenizer's ``vocab_size`` and ``banned`` ids (the image placeholder) - are excluded, so the
+    log-probs are those of the distribution the rollouts were drawn from (at top_p = 1, no
+    top_k). Differentiable (the policy's update) and exact against ``token_logprobs`` on the
+    gathered, truncated logits (tested)."""
+    from megatron.core import parallel_state, tensor_parallel
+
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if logits.shape[:-1] != targets.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} do not match targets "
+                         f"{tuple(targets.shape)}")
+    local = logits.shape[-1]
+    first = parallel_state.get_tensor_model_parallel_rank() * local
+    columns = torch.arange(first, first + local, device=logits.device)
+    excluded = columns >= vocab_size
+    for token in banned:
+        excluded |= columns == token
+    scaled = logits.float() / temperature
+    scaled = scaled.masked_fill(excluded, float("-inf"))
+    return -tensor_parallel.vocab_parallel_cross_entropy(scaled, targets)

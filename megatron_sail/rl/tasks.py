@@ -100,3 +100,25 @@ def count_reward(responses: list[str], records: list[dict[str, Any]]) -> list[fl
     samples = [Sample(COUNT_QUESTION, response, reference_answer(record))
                for response, record in zip(responses, records, strict=True)]
     return REWARDS["boxed_answer"]()(samples).scores
+
+
+def count_task_texts(num_samples: int = 64, seed: int = 0) -> list[str]:
+    """The task's own text (questions, boxed and thinking answers) for a tokenizer's corpus."""
+    texts = [COUNT_QUESTION]
+    for index in range(num_samples):
+        sample = count_sample(seed, index, 28)
+        for thinking in (False, True):
+            texts.append(count_record(sample, "", "", thinking)["conversations"][1]["value"])
+    return texts
+
+
+def train_count_tokenizer(path: str | Path, vocab_size: int = 256):
+    """The built-in synthetic tokenizer's corpus plus this task's text, so that ``\\boxed{N}``
+    and the question encode without unknown pieces (the synthetic corpus has no backslash or
+    braces). Deterministic: the same bytes on every call."""
+    from megatron_sail.data.tokenizer import SentencePieceTokenizer, _train_proto, _write_atomic, \
+        synthetic_training_texts
+
+    _write_atomic(str(path), _train_proto(synthetic_training_texts() + count_task_texts(),
+                                          vocab_size))
+    return SentencePieceTokenizer(str(path))

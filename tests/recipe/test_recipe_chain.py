@@ -1,6 +1,7 @@
 """The tiny recipe end to end, as a user runs it: `sail recipe run examples/recipes/tiny.yaml
 --out ROOT --until think-fusion-sft --nproc-per-node 2`, once for the module; every stage's
-output exported with `sail convert export-hf` and compared with the stage before it."""
+output exported with `sail convert export-hf` and compared with the stage before it; the
+rl-reasoning stage's RL raises the counting task's accuracy."""
 
 from __future__ import annotations
 
@@ -21,12 +22,14 @@ from tests.recipe.harness import command, tiny_recipe
 
 UNTIL = "think-fusion-sft"
 TRAIN_STAGES = ["01-vit-warmup", "02-vit-align", "03-vit-knowledge", "04-pretrain-basic",
-                "05-pretrain-multitask", "06-sft", "08-longcot-sft", "10-think-fusion-sft"]
-# Which stage each stage starts from (the RL slot 09 is skipped; 07 is the soup).
+                "05-pretrain-multitask", "06-sft", "08-longcot-sft", "09-rl-reasoning",
+                "10-think-fusion-sft"]
+# Which stage each stage starts from (07 is the soup).
 PARENT = {"02-vit-align": "01-vit-warmup", "03-vit-knowledge": "02-vit-align",
           "04-pretrain-basic": "03-vit-knowledge", "05-pretrain-multitask": "04-pretrain-basic",
           "06-sft": "05-pretrain-multitask", "07-soup/runs/seed-2": "05-pretrain-multitask",
-          "08-longcot-sft": "07-soup", "10-think-fusion-sft": "08-longcot-sft"}
+          "08-longcot-sft": "07-soup", "09-rl-reasoning": "08-longcot-sft",
+          "10-think-fusion-sft": "09-rl-reasoning"}
 TRAINABLE = {"01-vit-warmup": {"adapter"}, "02-vit-align": {"vision", "adapter"},
              "04-pretrain-basic": {"adapter"}}
 ALL = {"vision", "adapter", "llm"}
@@ -75,21 +78,35 @@ def chain(tmp_path_factory):
             "exports": exports, "tmp": tmp}
 
 
-def test_chain_runs_every_stage_into_its_directory_and_skips_rl_with_a_log_line(chain):
+def test_chain_runs_every_stage_into_its_directory(chain):
     root, log = chain["root"], chain["log"]
     assert chain["wall"] < 15 * 60
     assert sorted(p.name for p in root.iterdir() if p.is_dir()) == [
         "01-vit-warmup", "02-vit-align", "03-vit-knowledge", "04-pretrain-basic",
-        "05-pretrain-multitask", "06-sft", "07-soup", "08-longcot-sft", "10-think-fusion-sft"]
-    expected = (f"stage rl-reasoning: kind rl is not available yet — skipped; the next stage "
-                f"starts from {root / '08-longcot-sft' / 'checkpoints'}")
-    assert expected in log
+        "05-pretrain-multitask", "06-sft", "07-soup", "08-longcot-sft", "09-rl-reasoning",
+        "10-think-fusion-sft"]
+    assert "[recipe] rl-reasoning: starting" in log
     assert "rl-mixed" not in log  # after --until
     for stage in TRAIN_STAGES:
         records = [json.loads(line) for line in (root / stage / "metrics.jsonl").read_text().splitlines()]
         cfg = (root / stage / "config.yaml").read_text()
         assert records[-1]["iteration"] == int(cfg.split("train_iters: ")[1].split()[0])
         assert (root / stage / "tensorboard").is_dir()
+
+
+def test_rl_reasoning_raises_the_counting_accuracy(chain):
+    """The issue's check: mean rl/accuracy of the last quarter of episodes exceeds the first
+    quarter's by at least 0.1 (the task: how many shapes, answered as \\boxed{N})."""
+    root = chain["root"]
+    records = [json.loads(line) for line in
+               (root / "09-rl-reasoning" / "metrics.jsonl").read_text().splitlines()]
+    accuracy = [r["rl/accuracy"] for r in records]
+    quarter = len(accuracy) // 4
+    first, last = sum(accuracy[:quarter]) / quarter, sum(accuracy[-quarter:]) / quarter
+    print(f"rl-reasoning accuracy: first quarter {first:.3f}, last quarter {last:.3f}")
+    assert quarter >= 4 and last >= first + 0.1, accuracy
+    cfg = (root / "09-rl-reasoning" / "config.yaml").read_text()
+    assert "algorithm: dapo" in cfg and f"load: {root / '08-longcot-sft' / 'checkpoints'}" in cfg
 
 
 def test_pretrain_basic_searches_its_lr_with_adalrs(chain):
@@ -141,8 +158,8 @@ def test_rerun_skips_finished_stages_and_status_shows_them(chain):
     assert status.returncode == 0, status.stderr
     rows = {line.split()[0]: line for line in status.stdout.splitlines()[2:] if line.strip()}
     assert "finished" in rows["10-think-fusion-sft"] and "4/4" in rows["10-think-fusion-sft"]
-    assert "skipped" in rows["09-rl-reasoning"]
-    assert "skipped" in rows["11-rl-mixed"] and "finished" in rows["07-soup"]
+    assert "finished" in rows["09-rl-reasoning"] and "24/24" in rows["09-rl-reasoning"]
+    assert "not started" in rows["11-rl-mixed"] and "finished" in rows["07-soup"]
 
 
 def _adapter(tensors: dict) -> dict:

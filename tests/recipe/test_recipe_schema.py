@@ -78,9 +78,13 @@ def test_hand_off_loads_the_previous_output_freezes_and_reinitialises(tmp_path):
     assert basic["checkpoint.reinit"] == ["adapter"] and basic["model.freeze"] == ["vision", "llm"]
     assert plans["pretrain-basic"].train.cfg.checkpoint.reinit == ["adapter"]
     assert _overrides(plans["longcot-sft"])["checkpoint.load"] == str(root / "07-soup" / "checkpoint")
-    # the RL slot is skipped: think-fusion starts from longcot-sft
+    # the RL stage hands off like a training stage, and runs the RL worker
+    rl = plans["rl-reasoning"]
+    assert _overrides(rl)["checkpoint.load"] == str(root / "08-longcot-sft" / "checkpoints")
+    assert rl.train.worker == "megatron_sail.rl.worker" and rl.train.cfg.rl.algorithm == "dapo"
+    assert plans["sft"].train.worker == "megatron_sail.training.worker"
     assert (_overrides(plans["think-fusion-sft"])["checkpoint.load"]
-            == str(root / "08-longcot-sft" / "checkpoints"))
+            == str(root / "09-rl-reasoning" / "checkpoints"))
     soup = plans["soup"]
     assert [r.run_dir for r in soup.soup_runs] == [root / "07-soup" / "runs" / "seed-2"]
     rerun = soup.soup_runs[0].cfg
@@ -113,7 +117,8 @@ def test_show_prints_the_chain(tmp_path):
     assert rows["pretrain-basic"][:6] == ["pretrain-basic", "train", "adapter", "vit-knowledge",
                                           "+", "fresh"]
     assert rows["soup"][:4] == ["soup", "soup", "-", "average"]
-    assert "(not available yet: skipped)" in " ".join(rows["rl-reasoning"])
+    assert rows["rl-reasoning"][:4] == ["rl-reasoning", "rl", "(dapo)", "vision,adapter,llm"]
+    assert rows["rl-reasoning"][-1] == "records.jsonl"
 
 
 @pytest.mark.parametrize("name", ["sailvl2-2b", "sailvl2-8b", "sailvl2-a3b", "tiny"])
@@ -162,7 +167,8 @@ def test_submit_chains_the_stage_jobs_with_afterok(tmp_path):
         ("vit-knowledge", "afterok:<vit-align>"), ("pretrain-basic", "afterok:<vit-knowledge>"),
         ("pretrain-multitask", "afterok:<pretrain-basic>"), ("sft", "afterok:<pretrain-multitask>"),
         ("soup/seed-2", "afterok:<sft>"), ("soup", "afterok:<soup/seed-2>"),
-        ("longcot-sft", "afterok:<soup>"), ("think-fusion-sft", "afterok:<longcot-sft>")]
+        ("longcot-sft", "afterok:<soup>"), ("rl-reasoning", "afterok:<longcot-sft>"),
+        ("think-fusion-sft", "afterok:<rl-reasoning>")]
     scripts = proc.stdout.split("#### stage job ")[1:]
     assert all("#SBATCH --requeue" in s and "#SBATCH --signal=B:USR1@" in s for s in scripts)
     assert "#SBATCH --dependency=afterok:<vit-warmup>" in scripts[1]
@@ -170,7 +176,8 @@ def test_submit_chains_the_stage_jobs_with_afterok(tmp_path):
     soup = scripts[7]
     assert "#SBATCH --ntasks-per-node=1" in soup
     assert f"recipe run {tmp_path / 'tiny.yaml'} --out {tmp_path / 'root'} --only soup" in soup
-    assert "stage rl-reasoning: kind rl is not available yet — skipped" in proc.stdout
+    assert 'megatron_sail.cli rl "$RUN_DIR/slurm/config.yaml"' in scripts[9]  # sail rl
+    assert 'rl "$RUN_DIR/slurm/config.yaml"' not in scripts[8]
     assert not (tmp_path / "root").exists()  # a dry run writes nothing
 
 
