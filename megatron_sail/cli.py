@@ -136,10 +136,29 @@ def _delegate(module: str):
 
 
 def _slurm(args: list[str]) -> int:
-    """``sail slurm ...``; ``sail slurm curate`` lives with curation, a layer above launch/."""
+    """``sail slurm ...``; ``sail slurm curate`` lives with curation, and an RL run's checks
+    with rl/, layers above launch/."""
     if args and args[0] == "curate":
         return _delegate("megatron_sail.curation.slurm_job")(args[1:])
+    if args and args[0] == "submit" and "--rl" in args:
+        from megatron_sail.launch.cli import cmd_submit
+        from megatron_sail.rl.config import check_rl_run
+
+        return cmd_submit(args[1:], check=check_rl_run)
     return _delegate("megatron_sail.launch.cli")(args)
+
+
+def _rl(args: list[str]) -> int:
+    """``sail rl CONFIG``: ``sail train``'s launch with the RL worker and the rl section's
+    checks; ``sail rl filter ...`` and the rest: rl/'s command family."""
+    from megatron_sail.rl import cli as rl_cli
+
+    if rl_cli.is_training(args):
+        from megatron_sail.rl.config import check_rl_run
+
+        return cmd_train(args, worker="megatron_sail.rl.worker", usage=rl_cli.USAGE,
+                         check=check_rl_run)
+    return rl_cli.main(args)
 
 
 COMMANDS = {
@@ -148,7 +167,7 @@ COMMANDS = {
     "convert": _delegate("megatron_sail.convert.cli"),
     "forward": _delegate("megatron_sail.convert.forward_cli"),
     "generate": _delegate("megatron_sail.generation.cli"),
-    "rl": _delegate("megatron_sail.rl.cli"),
+    "rl": _rl,
     "slurm": _slurm,
     "flops": _delegate("megatron_sail.scaling.flops_cli"),
     "plan": _delegate("megatron_sail.scaling.plan_cli"),
@@ -172,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     command = argv[0]
     if len(argv) > 1 and command in ("convert", "slurm", "scaling", "data", "rl") \
-            and not argv[1].startswith("-"):
+            and not argv[1].startswith("-") and not argv[1].endswith((".yaml", ".yml")):
         command = f"{command} {argv[1]}"
     from megatron_sail.compat.versions import check_megatron_core_version
 

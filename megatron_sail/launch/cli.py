@@ -66,11 +66,15 @@ def job_options(ns: argparse.Namespace):
                       entry="rl" if getattr(ns, "rl", False) else "train")
 
 
-def cmd_submit(args: list[str]) -> int:
+def cmd_submit(args: list[str], check=None) -> int:
+    """``check``: more checks of the resolved config before anything is queued (an RL run's,
+    passed by ``sail``'s main)."""
+    import dataclasses
+
     from megatron_sail.launch.submit import submit_run
 
     ns = job_parser("sail slurm submit", "one training job").parse_intermixed_args(args)
-    return submit_run(ns.file, ns.overrides, job_options(ns))
+    return submit_run(ns.file, ns.overrides, dataclasses.replace(job_options(ns), check=check))
 
 
 def cmd_sweep(args: list[str]) -> int:

@@ -19,6 +19,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable, Optional
 
 from megatron_sail.config import ConfigError, SailConfig, load_config, save_config
 from megatron_sail.config.layout import resolve_layout
@@ -42,6 +43,8 @@ class JobOptions:
     max_restarts: int | None = None
     dry_run: bool = False
     entry: str = "train"   # rl: the config is an RL run (`sail rl`)
+    # More checks of the resolved config (raising a user error), by the layer that knows them
+    check: Optional[Callable[[Any], None]] = None
 
     @property
     def python(self) -> str:
@@ -108,10 +111,8 @@ def _submission(opts: JobOptions, job_name: str, script: Path, cfg: SailConfig) 
 
 def submit_run(config: str | Path, overrides: list[str], opts: JobOptions) -> int:
     run = resolve(config, overrides, opts.request)
-    if opts.entry == "rl":   # the rl section and its prompt file, before anything is queued
-        from megatron_sail.rl.config import check_rl_run
-
-        check_rl_run(run.cfg)
+    if opts.check is not None:   # e.g. an RL run's rl section and prompt file
+        opts.check(run.cfg)      # before anything is queued
     job_name = opts.job_name or default_job_name(run.run_dir.name)
     spec = ScriptSpec(command="submit", job_name=job_name, request=opts.request, site=opts.site,
                       runs=[RunSpec(run.run_dir, run.cfg.train.train_iters)],

@@ -18,20 +18,15 @@ USAGE = """usage: sail rl CONFIG.yaml [key=value ...] [--nproc-per-node N]
 SUBCOMMANDS = {"filter": "megatron_sail.rl.filter_cli"}
 
 
-def _train(argv: list[str]) -> int:
-    from megatron_sail.cli import cmd_train
-    from megatron_sail.errors import UserError, report_error
-    from megatron_sail.rl.config import check_rl_run
-
-    try:
-        return cmd_train(argv, worker="megatron_sail.rl.worker", usage=USAGE,
-                         check=check_rl_run)
-    except UserError as exc:
-        report_error("rl", str(exc))
-        return 2
+def is_training(argv: list[str]) -> bool:
+    """``sail rl CONFIG.yaml ...`` (training, launched by ``sail``'s main like ``sail train``,
+    a layer above this package) rather than a subcommand."""
+    return bool(argv) and argv[0] not in SUBCOMMANDS and (
+        argv[0].endswith((".yaml", ".yml")) or "=" in argv[0] or argv[0].startswith("--nproc"))
 
 
 def main(argv: list[str]) -> int:
+    """The subcommands (``filter``), usage and unknown words; training is ``is_training``."""
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE, file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
@@ -39,8 +34,6 @@ def main(argv: list[str]) -> int:
         import importlib
 
         return importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:])
-    if argv[0].endswith((".yaml", ".yml")) or "=" in argv[0] or argv[0].startswith("--nproc"):
-        return _train(argv)
     from megatron_sail.errors import report_error, shown
 
     report_error("rl", f"unknown subcommand {shown(argv[0])} (known: {', '.join(SUBCOMMANDS)}; "

@@ -38,7 +38,10 @@ from megatron_sail.rl.rewards import Sample, ScoredBatch, build_rewards
 from megatron_sail.rl.rollouts import vocab_parallel_token_logprobs
 from megatron_sail.training.metrics import Progress
 from megatron_sail.training.step import comm_device
-from megatron_sail.training.trainer import Trainer, _print0
+from megatron_sail.training.trainer import Trainer
+from megatron_sail.utils.logs import get_logger
+
+log = get_logger("megatron_sail.rl")
 
 STATS = 6  # loss sum, loss count, clip x tokens, approx_kl x tokens, ref_kl x tokens, tokens
 
@@ -328,7 +331,7 @@ class RLTrainer(Trainer):
     def train(self) -> int:
         cfg, state = self.cfg, self.state
         lay, rl = self.layout, cfg.rl
-        _print0(f"RL ({rl.algorithm}): world {lay.world_size} = TP {lay.tp} x PP {lay.pp} x DP "
+        log.info(f"RL ({rl.algorithm}): world {lay.world_size} = TP {lay.tp} x PP {lay.pp} x DP "
                 f"{lay.dp} (EP {lay.ep}), {len(self.prompts)} prompts, {rl.prompts_per_episode}"
                 f" x {rl.group_size} rollouts/episode, {rl.updates_per_episode} updates/episode,"
                 f" output {self.output_dir}")
@@ -351,11 +354,11 @@ class RLTrainer(Trainer):
             if stop or exit_now:
                 why = f"signal {self.stop.received}" if stop else \
                     f"exit_interval {cfg.train.exit_interval}"
-                _print0(f"stopping at episode {state.iteration} ({why}); rerun to resume")
+                log.info(f"stopping at episode {state.iteration} ({why}); rerun to resume")
                 return 0
         if last_saved != state.iteration:
             self._save_if_updated(last_saved)
-        _print0(f"done: {state.iteration} episodes")
+        log.info(f"done: {state.iteration} episodes")
         return 0
 
     def _save_if_updated(self, last_saved: Optional[int]) -> Optional[int]:
@@ -365,7 +368,7 @@ class RLTrainer(Trainer):
         if self.scheduler.num_steps == 0:
             from megatron_sail.checkpointing.dist_ckpt import _materialise_optimizer_state
 
-            _print0(f"episode {self.state.iteration}: no update yet (no informative group)")
+            log.info(f"episode {self.state.iteration}: no update yet (no informative group)")
             _materialise_optimizer_state(self.optimizer)
         self.save()
         return self.state.iteration

@@ -116,9 +116,10 @@ def train_count_tokenizer(path: str | Path, vocab_size: int = 256):
     """The built-in synthetic tokenizer's corpus plus this task's text, so that ``\\boxed{N}``
     and the question encode without unknown pieces (the synthetic corpus has no backslash or
     braces). Deterministic: the same bytes on every call."""
-    from megatron_sail.data.tokenizer import SentencePieceTokenizer, _train_proto, _write_atomic, \
+    from megatron_sail.data.tokenizer import SentencePieceTokenizer, _train_proto, \
         synthetic_training_texts
+    from megatron_sail.utils.atomic import write_bytes_atomic
 
-    _write_atomic(str(path), _train_proto(synthetic_training_texts() + count_task_texts(),
+    write_bytes_atomic(path, _train_proto(synthetic_training_texts() + count_task_texts(),
                                           vocab_size))
     return SentencePieceTokenizer(str(path))

@@ -14,8 +14,9 @@ The order, lowest first (README "Layout" shows the same):
   training, convert, launch
                        the loop; HF <-> Megatron conversion and its rank processes; SLURM
   generation           generate() on the Megatron model (runs on conversion's rank processes)
-  rl, recipe, scaling, curation
-                       built on training, conversion, generation and launch
+  rl                   the RL loop on training and generation
+  recipe, scaling, curation
+                       built on training, conversion, generation, rl and launch
   cli                  the `sail` command
 """
 
@@ -36,7 +37,8 @@ LAYERS = [
     {"costs", "data", "models", "checkpointing"},
     {"training", "convert", "launch"},
     {"generation"},
-    {"rl", "recipe", "scaling", "curation"},
+    {"rl"},
+    {"recipe", "scaling", "curation"},
     {"cli"},
 ]
 LEVEL = {name: level for level, names in enumerate(LAYERS) for name in names}
