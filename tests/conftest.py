@@ -26,7 +26,8 @@ _SLOW_FIXTURES = {"sail", "imported"}
 # Features built on the paths the layout, checkpoint, MoE, conversion and parity tests already run
 # on both lanes: they run on lane 1 only, which keeps CI within its time budget.
 _ONE_LANE_MODULES = {"test_adalrs.py", "test_run_dir_rules.py", "test_soup.py",
-                     "test_generate_cli.py", "test_rl_filter_cli.py", "test_curate_model.py"}
+                     "test_generate_cli.py", "test_rl_filter_cli.py", "test_curate_model.py",
+                     "test_rl_loop.py", "test_train_errors.py", "test_fusions_parallel.py"}
 
 
 def pytest_collection_modifyitems(config, items):
