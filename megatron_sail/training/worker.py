@@ -8,12 +8,21 @@ import os
 import sys
 
 
-def run_worker(config_path: str | None, overrides: list[str]) -> int:
+def _trainer(cfg, env):
+    from megatron_sail.training.trainer import Trainer
+
+    return Trainer(cfg, env)
+
+
+def run_worker(config_path: str | None, overrides: list[str], load=None,
+               make_trainer=_trainer) -> int:
+    """``load(config_path, overrides)``: the config (default: ``load_config``);
+    ``make_trainer(cfg, env)``: the loop to run, built once Megatron is imported."""
     from megatron_sail.config import load_config
     from megatron_sail.errors import is_first_rank
     from megatron_sail.training.run_lock import hold_run_dir
 
-    cfg = load_config(config_path, overrides)
+    cfg = (load or load_config)(config_path, overrides)
     # The run's owner locks its directory: rank 0, unless `sail train --nproc-per-node` (the
     # local launcher) already holds it for all of its ranks.
     owner = os.environ.get("SAIL_LAUNCHER") != "local" and is_first_rank()
@@ -24,9 +33,8 @@ def run_worker(config_path: str | None, overrides: list[str]) -> int:
         import_megatron()
         check_stack()
         from megatron_sail.distributed.runtime import detect_env, shutdown
-        from megatron_sail.training.trainer import Trainer
 
-        trainer = Trainer(cfg, detect_env())
+        trainer = make_trainer(cfg, detect_env())
         try:
             return trainer.train()
         finally:
@@ -34,7 +42,9 @@ def run_worker(config_path: str | None, overrides: list[str]) -> int:
             shutdown()
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, command: str = "train", **run) -> int:
+    """``command`` names the errors (``sail <command>: error: ...``); ``run``: ``run_worker``'s
+    ``load`` and ``make_trainer`` (the RL worker's)."""
     from megatron_sail.training.signals import record_early_signals
 
     record_early_signals()
@@ -44,9 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     config_path = argv[0] if argv and "=" not in argv[0] else None
     overrides = argv[1:] if config_path else argv
     try:
-        return run_worker(config_path, overrides)
+        return run_worker(config_path, overrides, **run)
     except UserError as exc:
-        report_error("train", str(exc))
+        report_error(command, str(exc))
         return 2
 
 
