@@ -27,7 +27,8 @@ _SLOW_FIXTURES = {"sail", "imported"}
 # on both lanes: they run on lane 1 only, which keeps CI within its time budget.
 _ONE_LANE_MODULES = {"test_adalrs.py", "test_run_dir_rules.py", "test_soup.py",
                      "test_generate_cli.py", "test_rl_filter_cli.py", "test_curate_model.py",
-                     "test_rl_loop.py", "test_train_errors.py", "test_fusions_parallel.py"}
+                     "test_rl_loop.py", "test_train_errors.py", "test_fusions_parallel.py",
+                     "test_rl_judge.py"}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -31,13 +31,18 @@ def checkpoint_ask(ckpt: str, max_new_tokens: int = 256):
         raise UserError(f"rl.judge_checkpoint={ckpt}: no tokenizer found for it")
     encoder = chat_encoder(cfg, tokenizer)
     eos = (tokenizer.eos_id,)
+    # The judge sees text only, but the id must still be the model's placeholder: an id that
+    # text also uses (e.g. 0) would be read as image tokens without tiles.
+    img_id = cfg.model.img_context_token_id
+    if img_id is None:
+        img_id = tokenizer.img_context_id
 
     def ask(prompts: list[str]) -> list[str]:
         ids = [encode_prompt(encoder, prompt_record(
             {"conversations": [{"from": "human", "value": text}]}, "judge", None, None, False)).ids
             for text in prompts]
         opts = GenerateOptions(max_new_tokens=max_new_tokens, eos_token_ids=eos,
-                               img_context_token_id=cfg.model.img_context_token_id or 0,
+                               img_context_token_id=img_id,
                                vocab_limit=tokenizer.vocab_size, batch_size=len(ids))
         return [answer_text(tokenizer, g, eos) for g in run_generation(ckpt, ids, None, opts).generated]
     return ask
