@@ -1,6 +1,8 @@
 """`sail rl` end to end on 2 ranks, from a short SFT warm start on the counting task: an RL
 run stopped half-way and resumed writes exactly the metrics of an uninterrupted one (DAPO
-with a KL term to the starting weights, DP = 2), and GSPO trains the MoE model with its experts split over the ranks (EP = 2)."""
+with a KL term to the starting weights, DP = 2), the policy split over TP = 2 takes the same
+rollouts and updates as one process, and GSPO trains the MoE model with its experts split over
+the ranks (EP = 2)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import REPO
 
 SFT = os.path.join(REPO, "examples", "rl", "count-sft.yaml")
@@ -20,9 +24,9 @@ SMALL_RL = ["rl.group_size=8", "rl.prompts_per_episode=4", "rl.mini_batch_size=1
             "rl.updates_per_episode=2", "optimizer.lr=1e-3"]
 
 
-def sail(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+def sail(*args: str, timeout: int = 600, nproc: int = 2) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, "-m", "megatron_sail.cli", *args, "--nproc-per-node",
-                           "2"], capture_output=True, text=True, cwd=REPO, timeout=timeout)
+                           str(nproc)], capture_output=True, text=True, cwd=REPO, timeout=timeout)
     assert proc.returncode == 0, f"{args}:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
     return proc
 
@@ -42,8 +46,13 @@ def _deterministic(record: dict) -> dict:
     return {k: v for k, v in record.items() if "time" not in k and "per_sec" not in k}
 
 
-def test_rl_resumed_half_way_equals_the_uninterrupted_run(tmp_path):
-    ckpt = warm_start(tmp_path, "tiny")
+@pytest.fixture(scope="module")
+def tiny_warm_start(tmp_path_factory) -> Path:
+    return warm_start(tmp_path_factory.mktemp("rl"), "tiny")
+
+
+def test_rl_resumed_half_way_equals_the_uninterrupted_run(tmp_path, tiny_warm_start):
+    ckpt = tiny_warm_start
     # with a KL term: the resumed run must rebuild the same frozen reference
     common = [DAPO, f"checkpoint.load={ckpt}", "train.train_iters=4", *SMALL_RL,
               "checkpoint.save_interval=null", "rl.kl_coeff=0.05"]
@@ -62,6 +71,27 @@ def test_rl_resumed_half_way_equals_the_uninterrupted_run(tmp_path):
                     "rl/groups_kept", "rl/rollout_tokens_per_sec", "rl/update_time_s",
                     *(("rl/kl", "rl/clip_fraction") if record["rl/updates"] else ())):
             assert key in record, key
+
+
+def test_tensor_parallel_policy_equals_one_process(tmp_path, tiny_warm_start):
+    """TP = 2 generates with the split model (its picker gathers the vocabulary) and takes the
+    log-probs with the vocab-parallel cross entropy: the same rollouts as one process, and
+    losses and gradient norms equal up to fp32 reduction order (a sum over the two vocabulary
+    halves and the split matmuls: relative 1e-7 seen, 1e-5 allowed)."""
+    common = [DAPO, f"checkpoint.load={tiny_warm_start}", "train.train_iters=2", *SMALL_RL,
+              "checkpoint.save_interval=null"]
+    sail("rl", *common, f"run.output_dir={tmp_path / 'tp1'}", nproc=1)
+    sail("rl", *common, "parallel.tensor_model_parallel_size=2",
+         f"run.output_dir={tmp_path / 'tp2'}")
+    one, split = metrics(tmp_path / "tp1"), metrics(tmp_path / "tp2")
+    assert any(r["rl/updates"] > 0 for r in one)
+    for a, b in zip(one, split, strict=True):
+        for key in ("rl/accuracy", "rl/reward_mean", "rl/response_length_mean",
+                    "rl/groups_kept", "rl/updates"):
+            assert a[key] == b[key], (key, a[key], b[key])
+        if a["rl/updates"]:
+            for key in ("loss", "grad_norm", "rl/clip_fraction"):
+                assert math.isclose(a[key], b[key], rel_tol=1e-5, abs_tol=1e-7), (key, a, b)
 
 
 def test_gspo_trains_the_moe_model_with_experts_over_two_ranks(tmp_path):
