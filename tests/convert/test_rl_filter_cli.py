@@ -41,7 +41,7 @@ def test_filter_on_tiny_checkpoint(imported, spm, tmp_path, capfd):
                      str(spm.img_context_id)])
     captured = capfd.readouterr()
     assert code == 0, captured.err
-    assert "records/s" in captured.err and "generated 4/4 records" in captured.err
+    assert "records/s" in captured.err and "[generate] 4/4 records 100%" in captured.err
     assert "no reference answer" in captured.err and "1 records skipped" in captured.out
     assert "kept 4 of 4 records" in captured.out and "8 rollouts" in captured.out
     kept = [json.loads(line) for line in (out / "kept.jsonl").read_text().splitlines()]
