@@ -94,7 +94,7 @@ def test_container_image_replaces_the_python_environment(capsys, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["parallel.tensor_model_parallel_size=4", "--gpus-per-node", "0", "--ntasks-per-node", "2"],
-     "world size 2 is not divisible by tensor x pipeline parallel size 4 x 1"),
+     "world size 2 is not divisible by tensor x pipeline x context parallel size 4 x 1 x 1"),
     (["--gpus-per-node", "0"], "needs --ntasks-per-node"),
     (["--gpus-per-node", "4", "--ntasks-per-node", "8"], "ranks would share GPUs"),
     (["--gpus-per-node", "8", "--time", "4h"], "is not a SLURM time"),

@@ -121,7 +121,7 @@ def test_srun_task_count_that_does_not_fit_the_layout_is_a_clear_error(slurm, tm
     assert proc.returncode == 2
     output = proc.stdout + proc.stderr
     assert ("0: sail train: error: invalid configuration:\n0:   - world size 2 is "
-            "not divisible by tensor x pipeline parallel size 1 x 4 = 4") in output
+            "not divisible by tensor x pipeline x context parallel size 1 x 4 x 1 = 4") in output
     assert "1: sail train: error" not in output
 
 
