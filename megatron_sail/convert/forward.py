@@ -14,11 +14,10 @@ from megatron_sail.config import ConfigError, SailConfig, config_to_dict
 from megatron_sail.config.layout import resolve_layout
 from megatron_sail.convert.errors import ConversionError, raise_if
 from megatron_sail.convert.exporter import open_checkpoint
+from megatron_sail.convert.hf_config import RELEASE_IMG_CONTEXT_ID
 from megatron_sail.convert.procs import peak_rss, run_ranks
 from megatron_sail.convert.sources import PRECISIONS
 from megatron_sail.utils.atomic import staged_file
-
-DEFAULT_IMG_CONTEXT_ID = 151671
 
 
 @dataclass
@@ -94,7 +93,7 @@ def run_forward(ckpt: str | Path, inputs_path: str | Path, out: str | Path, tp: 
         inputs = load_file(str(inputs_path))
     except Exception as exc:  # safetensors raises its own error types
         raise ConversionError(f"{inputs_path}: unreadable safetensors file: {exc}") from None
-    img_id = DEFAULT_IMG_CONTEXT_ID if img_context_id is None else img_context_id
+    img_id = RELEASE_IMG_CONTEXT_ID if img_context_id is None else img_context_id
     check_inputs(inputs, cfg, img_id)
     cfg.model.img_context_token_id = img_id
     length = inputs["input_ids"].shape[1]

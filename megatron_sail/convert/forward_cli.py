@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from megatron_sail.errors import UserError, report_error
+from megatron_sail.convert.hf_config import RELEASE_IMG_CONTEXT_ID
 
 
 def main(argv: list[str]) -> int:
@@ -21,7 +22,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--out", required=True, help="safetensors file to write logits to")
     p.add_argument("--tp", type=int, default=1)
     p.add_argument("--pp", type=int, default=1)
-    p.add_argument("--img-context-token-id", type=int, default=151671)
+    p.add_argument("--img-context-token-id", type=int, default=RELEASE_IMG_CONTEXT_ID)
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
                    help="precision to run in (default fp32, whatever the checkpoint stores)")
     ns = p.parse_args(argv)

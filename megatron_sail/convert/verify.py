@@ -16,7 +16,8 @@ from megatron_sail.config.presets import tokens_per_tile
 from megatron_sail.convert import hf_config
 from megatron_sail.convert.errors import ConversionError
 from megatron_sail.convert.exporter import open_checkpoint
-from megatron_sail.convert.forward import DEFAULT_IMG_CONTEXT_ID, run_forward, write_inputs
+from megatron_sail.convert.forward import run_forward, write_inputs
+from megatron_sail.convert.hf_config import RELEASE_IMG_CONTEXT_ID
 from megatron_sail.convert.reference import ReleaseReference
 from megatron_sail.convert.safetensors_io import SafetensorsDir
 
@@ -68,7 +69,7 @@ def verify(hf_dir: str | Path, ckpt: str | Path, tp: int = 1, pp: int = 1, seed:
     img_id = img_context_id if img_context_id is not None else cfg.model.img_context_token_id
     if img_id is None or not 0 <= img_id < vocab:
         # verify makes its own inputs, so any id marks the image positions
-        img_id = DEFAULT_IMG_CONTEXT_ID if vocab > DEFAULT_IMG_CONTEXT_ID else vocab - 1
+        img_id = RELEASE_IMG_CONTEXT_ID if vocab > RELEASE_IMG_CONTEXT_ID else vocab - 1
     ids, pixels = make_inputs(cfg.model, img_id, seed)
     with tempfile.TemporaryDirectory(prefix="sail-verify-") as tmp:
         inputs, out = Path(tmp) / "inputs.safetensors", Path(tmp) / "logits.safetensors"

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 from megatron_sail.config.fields import num
+from megatron_sail.convert.hf_config import RELEASE_IMG_CONTEXT_ID
 from megatron_sail.errors import UserError, shown
 
 TextPart = Literal["assistant", "user", "all"]
@@ -70,7 +71,7 @@ class ModelSource:
     batch_size: int = num(8, ge=1)
     max_new_tokens: int = num(16, ge=1)
     retry_temperature: float = num(0.7, gt=0)
-    img_context_token_id: int = num(151671, ge=0)
+    img_context_token_id: int = num(RELEASE_IMG_CONTEXT_ID, ge=0)
     tp: int = num(1, ge=1)
     pp: int = num(1, ge=1)
     dtype: Literal["fp32", "bf16"] = "fp32"

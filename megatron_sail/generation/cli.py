@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from megatron_sail.errors import UserError
+from megatron_sail.convert.hf_config import RELEASE_IMG_CONTEXT_ID
 
 DESCRIPTION = """Generate with a checkpoint in one of three forms:
   --prompt TEXT [--image PATH ...] [--video PATH]     print the answer
@@ -47,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0, help="0: no limit")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--img-context-token-id", type=int, default=151671)
+    p.add_argument("--img-context-token-id", type=int, default=RELEASE_IMG_CONTEXT_ID)
     p.add_argument("--eos-token-id", type=int, nargs="+", default=None,
                    help="end token ids (default: the tokenizer's <|im_end|>)")
     p.add_argument("--thinking", action="store_true",

@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from megatron_sail.convert.forward import DEFAULT_IMG_CONTEXT_ID, forward_config
+from megatron_sail.convert.forward import forward_config
+from megatron_sail.convert.hf_config import RELEASE_IMG_CONTEXT_ID
 
 
 def generation_config(cfg, tp: int, pp: int, ep: int, dtype: str, length: int):
@@ -49,7 +50,7 @@ def find_tokenizer(ckpt_dir: Path, configured: Optional[str], explicit: Optional
 
 def load_for_generation(ckpt: str | Path, tp: int = 1, pp: int = 1, *, max_length: int,
                         ep: int = 1,
-                        img_context_token_id: int = DEFAULT_IMG_CONTEXT_ID,
+                        img_context_token_id: int = RELEASE_IMG_CONTEXT_ID,
                         dtype: str = "fp32", tokenizer: Optional[str] = None):
     """``(cfg, layout, model_chunks, tokenizer_or_None)`` for ``generate``. Every rank of a
     process group of ``tp * pp * ep`` ranks calls it; Megatron's model-parallel state is set up

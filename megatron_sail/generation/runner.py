@@ -15,7 +15,8 @@ from safetensors.torch import save_file
 from megatron_sail.config import config_to_dict
 from megatron_sail.convert.errors import ConversionError
 from megatron_sail.convert.exporter import open_checkpoint
-from megatron_sail.convert.forward import DEFAULT_IMG_CONTEXT_ID, check_inputs
+from megatron_sail.convert.forward import check_inputs
+from megatron_sail.convert.hf_config import RELEASE_IMG_CONTEXT_ID
 from megatron_sail.generation.loading import generation_config
 from megatron_sail.convert.procs import run_ranks
 from megatron_sail.generation.sampling import SamplingParams
@@ -29,7 +30,7 @@ class GenerateOptions:
     top_k: int = 0
     seed: int = 0
     eos_token_ids: tuple[int, ...] = ()  # empty: the tokenizer's end token (<|im_end|>)
-    img_context_token_id: int = DEFAULT_IMG_CONTEXT_ID
+    img_context_token_id: int = RELEASE_IMG_CONTEXT_ID
     tp: int = 1
     pp: int = 1
     ep: int = 1  # expert parallelism (MoE): tp * pp * ep rank processes

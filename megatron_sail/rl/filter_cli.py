@@ -16,6 +16,7 @@ import time
 from typing import Sequence
 
 from megatron_sail.errors import UserError, check_option_ranges
+from megatron_sail.convert.hf_config import RELEASE_IMG_CONTEXT_ID
 
 REFERENCE_KEYS = ("reference", "answer")
 PASSES_KEY, K_KEY = "passes", "k"
@@ -44,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0, help="0: no limit")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--img-context-token-id", type=int, default=151671)
+    p.add_argument("--img-context-token-id", type=int, default=RELEASE_IMG_CONTEXT_ID)
     p.add_argument("--eos-token-id", type=int, nargs="+", default=None,
                    help="end token ids (default: the tokenizer's <|im_end|>)")
     p.add_argument("--thinking", action="store_true",
