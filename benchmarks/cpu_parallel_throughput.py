@@ -61,7 +61,7 @@ def main() -> int:
               "checkpoint.save_interval=null", "run.tensorboard=false"]
     results = {}
     with tempfile.TemporaryDirectory(prefix="sail-bench-") as tmp:
-        from megatron_sail.data.tokenizer import train_synthetic_tokenizer
+        from megatron_sail.data.encoding.tokenizer import train_synthetic_tokenizer
 
         tokenizer = Path(tmp) / "tokenizer.model"
         train_synthetic_tokenizer(str(tokenizer))

@@ -27,7 +27,7 @@ SETTINGS = (  # name, prompt lengths, new tokens
 
 def build(config: str):
     from megatron_sail.config import load_config
-    from megatron_sail.config.layout import resolve_layout
+    from megatron_sail.config.validation import resolve_layout
     from megatron_sail.distributed.cpu_compat import import_megatron
     from megatron_sail.distributed.runtime import detect_env, init_model_parallel, init_process_group
     from megatron_sail.models.builder import build_model

@@ -87,7 +87,7 @@ def _text_batches(cfg, seed: int):
     """Random-token rows without images, the same for the plain GPT and megatron_sail."""
     import torch
 
-    from megatron_sail.data.batches import MicroBatch
+    from megatron_sail.data.packing.microbatch import MicroBatch
 
     g = torch.Generator().manual_seed(seed)
     seq, rows = cfg.data.seq_length, cfg.train.global_batch_size
@@ -105,7 +105,7 @@ def _pack(microbatches: list, k: int) -> list:
     sample, images stay in order, ``cu_seqlens`` marks the boundaries."""
     import torch
 
-    from megatron_sail.data.batches import MicroBatch
+    from megatron_sail.data.packing.microbatch import MicroBatch
 
     rows = []
     for i in range(0, len(microbatches), k):
@@ -146,7 +146,7 @@ def _plain_gpt(cfg, ns) -> tuple[list[float], float]:
     from megatron.core.models.gpt import GPTModel
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    from megatron_sail.config.layout import resolve_layout
+    from megatron_sail.config.validation import resolve_layout
     from megatron_sail.distributed.runtime import detect_env, init_model_parallel, init_process_group
     from megatron_sail.models.builder import llm_config
     from megatron_sail.models.specs import llm_block_spec

@@ -40,7 +40,7 @@ def _setup() -> None:
     import_megatron()
     check_stack()
     from megatron_sail.config import load_config
-    from megatron_sail.config.layout import resolve_layout
+    from megatron_sail.config.validation import resolve_layout
     from megatron_sail.distributed.runtime import detect_env, init_model_parallel, init_process_group
 
     for key in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_STEP_ID"):
@@ -98,7 +98,7 @@ def _first_iteration(loss) -> None:
 def sail(cfg, initialize: bool) -> tuple[float, float]:
     import torch
 
-    from megatron_sail.config.layout import resolve_layout
+    from megatron_sail.config.validation import resolve_layout
     from megatron_sail.models.builder import build_model
 
     img_id = 5
@@ -126,7 +126,7 @@ def megatron_gpt(cfg) -> tuple[float, float]:
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
     from megatron.core.utils import init_method_normal, scaled_init_method_normal
 
-    from megatron_sail.config.layout import resolve_layout
+    from megatron_sail.config.validation import resolve_layout
     from megatron_sail.models.builder import llm_config
 
     layout = resolve_layout(cfg, 1)

@@ -76,7 +76,7 @@ def cmd_train(args: list[str], worker: str = "megatron_sail.training.worker",
 
         record_early_signals()
     from megatron_sail.config import ConfigError, load_config
-    from megatron_sail.config.layout import resolve_layout, step_memory_error
+    from megatron_sail.config.validation import resolve_layout, step_memory_error
     from megatron_sail.distributed.runtime import detect_env, transformer_engine_available
 
     config, overrides, nproc = _split_train_args(args)
@@ -172,7 +172,7 @@ COMMANDS = {
     "flops": _delegate("megatron_sail.scaling.flops_cli"),
     "plan": _delegate("megatron_sail.scaling.plan_cli"),
     "scaling": _delegate("megatron_sail.scaling.cli"),
-    "data": _delegate("megatron_sail.data.data_cli"),
+    "data": _delegate("megatron_sail.data.cli"),
     "soup": _delegate("megatron_sail.convert.soup_cli"),
     "curate": _delegate("megatron_sail.curation.cli"),
     "recipe": _delegate("megatron_sail.recipe.cli"),

@@ -49,7 +49,7 @@ def megatron_single_rank():
     import torch
 
     from megatron_sail.config import load_config
-    from megatron_sail.config.layout import resolve_layout
+    from megatron_sail.config.validation import resolve_layout
     from megatron_sail.distributed.runtime import detect_env, init_model_parallel, init_process_group
 
     if not torch.distributed.is_initialized():
@@ -64,7 +64,7 @@ def megatron_single_rank():
 def build_tiny(megatron_single_rank):
     """``build_tiny(*overrides)`` -> (cfg, layout, model chunk) on the one-rank world."""
     from megatron_sail.config import load_config
-    from megatron_sail.config.layout import resolve_layout
+    from megatron_sail.config.validation import resolve_layout
     from megatron_sail.models.builder import build_model
 
     def build(*overrides, img_context_id: int = 5):

@@ -46,7 +46,7 @@ def _world() -> None:
     import torch
 
     from megatron_sail.config import load_config
-    from megatron_sail.config.layout import resolve_layout
+    from megatron_sail.config.validation import resolve_layout
     from megatron_sail.distributed.runtime import (
         detect_env, init_model_parallel, init_process_group,
     )
@@ -74,7 +74,7 @@ def _batches(cfg, count: int, seed: int = 0):
     import torch
 
     from megatron_sail.config.presets import tokens_per_tile
-    from megatron_sail.data.batches import MicroBatch
+    from megatron_sail.data.packing.microbatch import MicroBatch
 
     g = torch.Generator().manual_seed(seed)
     b, s = cfg.train.micro_batch_size, cfg.data.seq_length
@@ -94,7 +94,7 @@ def _batches(cfg, count: int, seed: int = 0):
 
 
 def _build(cfg):
-    from megatron_sail.config.layout import resolve_layout
+    from megatron_sail.config.validation import resolve_layout
     from megatron_sail.models.builder import build_model
     from megatron_sail.training.trainer import transformer_engine_available
 
@@ -234,7 +234,7 @@ def check_local_attention() -> list[Check]:
     """SDPA vs unfused logits, and packed rows vs samples alone, on the GPU."""
     import torch
 
-    from megatron_sail.data.batches import MicroBatch
+    from megatron_sail.data.packing.microbatch import MicroBatch
     from megatron_sail.training.step import packed_seq_params
 
     checks = []

@@ -1,7 +1,7 @@
 """The typed configuration of a run: one dataclass per concern, loaded from YAML.
 
 Choices are ``Literal`` types and numeric ranges ``num(default, ge=..)`` fields: the loader
-checks both for every key (config/fields.py); relations between keys are checked in layout.py.
+checks both for every key (config/fields.py); relations between keys are checked in validation.py.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ FREEZABLE = ("vision", "adapter", "llm")
 VIDEO_BACKENDS = ("auto", "dali-gpu", "dali-cpu", "pyav")
 IMAGE_DECODERS = ("auto", "pillow", "dali-cpu", "dali-gpu")
 GPU_KINDS = ("h100", "h100-pcie", "h200")  # the GPUs costs/hardware.py knows
-CHAT_TEMPLATES = ("univl-chat", "chatml")  # data/conversation.py renders both
+CHAT_TEMPLATES = ("univl-chat", "chatml")  # data/encoding/conversation.py renders both
 MAX_GLOBAL_BATCH = 1 << 24   # samples per step; SAIL-VL2 trains with a few thousand
 MAX_SEQ_LENGTH = 1 << 20
 Recompute = Optional[Literal["selective", "full"]]

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from megatron_sail.config import ConfigError, SailConfig, config_to_dict
-from megatron_sail.config.layout import resolve_layout
+from megatron_sail.config.validation import resolve_layout
 from megatron_sail.convert.errors import ConversionError, raise_if
 from megatron_sail.convert.exporter import open_checkpoint
 from megatron_sail.convert.hf_config import RELEASE_IMG_CONTEXT_ID

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from megatron_sail.config import ConfigError, SailConfig, config_to_dict
-from megatron_sail.config.layout import resolve_layout
+from megatron_sail.config.validation import resolve_layout
 from megatron_sail.convert.errors import ConversionError, listing
 from megatron_sail.utils.atomic import staging_dir
 from megatron_sail.convert.procs import Ranks, peak_rss

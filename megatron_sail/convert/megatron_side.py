@@ -27,7 +27,7 @@ from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTenso
 
 from megatron_sail.compat.dist_ckpt_internals import spread_main_replicas
 from megatron_sail.compat.sharded_tensors import is_flat_slice, is_main_replica, stacked_axes
-from megatron_sail.config.layout import Layout
+from megatron_sail.config.validation import Layout
 from megatron_sail.config.schema import SailConfig
 from megatron_sail.convert.errors import ConversionError, listing
 from megatron_sail.convert.progress import Progress

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from megatron_sail.config.layout import padded_vocab_size
+from megatron_sail.config.validation import padded_vocab_size
 from megatron_sail.config.presets import LLMArch, VisionArch
 from megatron_sail.config.schema import ModelConfig
 from megatron_sail.convert.kinds import (

@@ -154,7 +154,7 @@ def _start_up() -> None:
 
 def _run(spec: dict) -> dict:
     from megatron_sail.config import config_from_dict
-    from megatron_sail.config.layout import resolve_layout
+    from megatron_sail.config.validation import resolve_layout
     from megatron_sail.distributed.runtime import init_model_parallel
 
     cfg = config_from_dict(spec["config"])

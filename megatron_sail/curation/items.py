@@ -18,8 +18,8 @@ from typing import Any, Iterator, Optional
 from megatron_sail.utils.atomic import staged_file
 from megatron_sail.data.media.errors import MediaError
 from megatron_sail.data.media.files import read_media_file
-from megatron_sail.data.records import RecordError, media_base, parse_record
-from megatron_sail.data.shards import ShardIndex, ShardReader, sample_key
+from megatron_sail.data.records.record import RecordError, media_base, parse_record
+from megatron_sail.data.records.shards import ShardIndex, ShardReader, sample_key
 
 
 @dataclass

@@ -64,7 +64,7 @@ class ModelClient:
         if video:
             obj["video"] = item.media_name(video)
         if item.shard is not None:
-            from megatron_sail.data.sample_encoder import MemberMedia
+            from megatron_sail.data.records.reading import MemberMedia
 
             from megatron_sail.curation.items import _shard_reader
             members = _shard_reader(item.shard[0]).members(item.shard[1])
@@ -79,7 +79,7 @@ class ModelClient:
         """One answer per request; None where the prompt cannot be built (bad media)."""
         import torch
 
-        from megatron_sail.data.records import RecordError
+        from megatron_sail.data.records.record import RecordError
         from megatron_sail.generation.cli import answer_text
         from megatron_sail.generation.prompts import SampleError
         from megatron_sail.generation.runner import GenerateOptions, run_generation

@@ -21,18 +21,18 @@ from contextlib import closing
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 
-from megatron_sail.data.blend import BlendError, is_blend_file, load_blend
+from megatron_sail.data.records.blend import BlendError, is_blend_file, load_blend
 from megatron_sail.data.media.errors import MediaError
 from megatron_sail.data.media.images import decode_image
-from megatron_sail.data.records import Record, RecordError, iter_lines, media_base, parse_line
-from megatron_sail.data.sample_encoder import (
+from megatron_sail.data.records.record import Record, RecordError, iter_lines, media_base, parse_line
+from megatron_sail.data.encoding.sample_encoder import (
     FileMedia,
     MediaReader,
     SampleEncoder,
     SampleError,
     SampleErrorKind,
 )
-from megatron_sail.data.shards import DEFAULT_SHARD_SIZE, INDEX_FILE, ShardIndex, ShardReader, ShardSample, ShardWriter
+from megatron_sail.data.records.shards import DEFAULT_SHARD_SIZE, INDEX_FILE, ShardIndex, ShardReader, ShardSample, ShardWriter
 from megatron_sail.utils.progress import ProgressLine
 
 CHUNK = 16  # records per worker task: amortises inter-process overhead on text-only data
@@ -95,7 +95,7 @@ def _encoder(settings: Settings) -> SampleEncoder | None:
     """One encoder per process and settings (loading a tokenizer takes about a second)."""
     if settings.tokenizer is None:
         return None
-    from megatron_sail.data.hf_tokenizer import load_tokenizer
+    from megatron_sail.data.encoding.hf_tokenizer import load_tokenizer
 
     return SampleEncoder(load_tokenizer(settings.tokenizer), image_size=settings.image_size,
                          max_tiles=settings.max_tiles, num_frames=settings.num_frames,

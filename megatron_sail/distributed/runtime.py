@@ -14,7 +14,7 @@ import subprocess
 from dataclasses import dataclass
 from datetime import timedelta
 
-from megatron_sail.config.layout import Layout
+from megatron_sail.config.validation import Layout
 
 
 @dataclass(frozen=True)

@@ -77,7 +77,7 @@ def _options(ns, eos: tuple[int, ...], tokenizer=None, stream_tokenizer=None):
 
 def chat_encoder(cfg, tokenizer):
     """The training pipeline's sample encoder, set up to build generation prompts."""
-    from megatron_sail.data.build import sample_encoder
+    from megatron_sail.data.loader.build import sample_encoder
 
     encoder = sample_encoder(cfg, tokenizer)
     encoder.seq_length = None      # the context limit is checked against the model's positions
@@ -179,7 +179,7 @@ def read_prompt_file(path: str, encoder, thinking: bool, command: str,
     is skipped with a ``sail <command>: skipped`` line and counted; none usable is an error."""
     import torch
 
-    from megatron_sail.data.records import RecordError, media_base
+    from megatron_sail.data.records.record import RecordError, media_base
     from megatron_sail.generation.prompts import SampleError, encode_prompt, prompt_record
 
     base = media_base(path)

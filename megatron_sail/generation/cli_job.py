@@ -70,7 +70,7 @@ def _stream(spec: dict):
     """The one prompt's answer printed as it arrives (``sail generate --prompt``)."""
     if not spec.get("stream_tokenizer"):
         return None
-    from megatron_sail.data.hf_tokenizer import load_tokenizer
+    from megatron_sail.data.encoding.hf_tokenizer import load_tokenizer
     from megatron_sail.generation.streaming import TextStream
 
     if len(spec["prompts"]) != 1:

@@ -14,7 +14,7 @@ def generation_config(cfg, tp: int, pp: int, ep: int, dtype: str, length: int):
     """``sail forward``'s layout (local layers, no training state) with ``ep`` expert-parallel
     ranks: ``tp * pp * ep`` processes, the dense part replicated ``ep`` times on the same
     batch."""
-    from megatron_sail.config.layout import resolve_layout
+    from megatron_sail.config.validation import resolve_layout
     from megatron_sail.config import ConfigError
     from megatron_sail.convert.errors import ConversionError
 
@@ -42,7 +42,7 @@ def tokenizer_source(ckpt_dir: Path, configured: Optional[str],
 
 def find_tokenizer(ckpt_dir: Path, configured: Optional[str], explicit: Optional[str] = None):
     """The tokenizer of ``tokenizer_source``, loaded; None when there is none."""
-    from megatron_sail.data.hf_tokenizer import load_tokenizer
+    from megatron_sail.data.encoding.hf_tokenizer import load_tokenizer
 
     source = tokenizer_source(ckpt_dir, configured, explicit)
     return None if source is None else load_tokenizer(source)
@@ -59,7 +59,7 @@ def load_for_generation(ckpt: str | Path, tp: int = 1, pp: int = 1, *, max_lengt
     import torch.distributed as dist
     from megatron.core import parallel_state
 
-    from megatron_sail.config.layout import resolve_layout
+    from megatron_sail.config.validation import resolve_layout
     from megatron_sail.convert.exporter import open_checkpoint
     from megatron_sail.convert.worker import load_model
     from megatron_sail.distributed.runtime import init_model_parallel

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import torch
 
-from megatron_sail.data.batches import normalize_pixels
-from megatron_sail.data.records import THINKING_PROMPT, USER, Turn, parse_record
-from megatron_sail.data.sample_encoder import FileMedia, SampleEncoder, SampleError
+from megatron_sail.data.packing.microbatch import normalize_pixels
+from megatron_sail.data.records.record import THINKING_PROMPT, USER, Turn, parse_record
+from megatron_sail.data.encoding.sample_encoder import FileMedia, SampleEncoder, SampleError
 
 
 @dataclass

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from megatron_sail.config import ConfigError, SailConfig, load_config, save_config
-from megatron_sail.config.layout import resolve_layout
+from megatron_sail.config.validation import resolve_layout
 from megatron_sail.config.loader import parse_override
 from megatron_sail.launch import slurmctl
 from megatron_sail.launch.render import RunSpec, ScriptSpec, render_script

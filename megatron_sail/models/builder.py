@@ -16,7 +16,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_sail.compat.moe_router import (balancing_loss_grad_spans_tp_cp,
                                              mark_expert_dp_params, z_loss_grad_spans_tp_cp)
-from megatron_sail.config.layout import Layout
+from megatron_sail.config.validation import Layout
 from megatron_sail.config.performance import cross_entropy_fused
 from megatron_sail.config.schema import SailConfig
 from megatron_sail.models.adapter import VisionAdapter

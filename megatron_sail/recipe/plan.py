@@ -12,7 +12,7 @@ from megatron_sail.checkpointing.layout_files import (
     CheckpointError, latest_checkpoint, read_marker,
 )
 from megatron_sail.config import ConfigError, SailConfig, load_config
-from megatron_sail.config.layout import resolve_layout
+from megatron_sail.config.validation import resolve_layout
 from megatron_sail.recipe.schema import Recipe, RecipeError, Stage
 
 SOUP_CHECKPOINT = "checkpoint"  # ROOT/NN-soup/checkpoint: the souped weights

@@ -42,7 +42,7 @@ def load_rl_prompts(cfg, tokenizer) -> RLPrompts:
     """Encode ``cfg.rl.data``; a record without a reference answer is skipped (and said)."""
     import os
 
-    from megatron_sail.data.records import RecordError
+    from megatron_sail.data.records.record import RecordError
     from megatron_sail.generation.cli import chat_encoder, read_prompt_file
     from megatron_sail.generation.cli_job import tiles_per_prompt
     from megatron_sail.rl.filter_cli import question_of, reference_of

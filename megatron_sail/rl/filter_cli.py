@@ -108,7 +108,7 @@ def _filter(ns) -> int:
 
     import torch
 
-    from megatron_sail.data.records import RecordError
+    from megatron_sail.data.records.record import RecordError
     from megatron_sail.generation.cli import (
         answer_text, chat_encoder, read_prompt_file, tokenizer_and_config,
     )

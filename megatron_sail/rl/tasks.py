@@ -1,6 +1,6 @@
 """A tiny verifiable task that runs on CPU: count the shapes in a synthetic image.
 
-Images come from the built-in shapes generator (``data/synthetic.py``), whose description names
+Images come from the built-in shapes generator (``data/records/synthetic.py``), whose description names
 every drawn shape, so the count is known exactly; the question asks for it as ``\\boxed{N}`` and
 the ``boxed_answer`` reward checks it. The generator draws one shape (centred layout) or two
 (left/right, top/bottom), so the answer is 1 or 2 - a task small models can learn, where an
@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from megatron_sail.utils.atomic import staging_dir
-from megatron_sail.data.synthetic import COLOURS, SHAPES, make_sample
+from megatron_sail.data.records.synthetic import COLOURS, SHAPES, make_sample
 from megatron_sail.rl.rewards import REWARDS, Sample, last_boxed
 
 COUNT_QUESTION = "How many shapes are in the image? Put the final answer in \\boxed{}."
@@ -116,7 +116,7 @@ def train_count_tokenizer(path: str | Path, vocab_size: int = 256):
     """The built-in synthetic tokenizer's corpus plus this task's text, so that ``\\boxed{N}``
     and the question encode without unknown pieces (the synthetic corpus has no backslash or
     braces). Deterministic: the same bytes on every call."""
-    from megatron_sail.data.tokenizer import SentencePieceTokenizer, _train_proto, \
+    from megatron_sail.data.encoding.tokenizer import SentencePieceTokenizer, _train_proto, \
         synthetic_training_texts
     from megatron_sail.utils.atomic import write_bytes_atomic
 

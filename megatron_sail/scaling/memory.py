@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from megatron_sail.config.layout import padded_vocab_size
+from megatron_sail.config.validation import padded_vocab_size
 from megatron_sail.costs.flops import PARTS
 from megatron_sail.costs.shapes import LLMShape, ModelShape, VisionShape, shape_from_config
 
@@ -430,7 +430,7 @@ def peak_stage(stages: list[StageMemory]) -> StageMemory:
 
 def from_config(cfg, world_size: int, device: str = "gpu") -> tuple[ModelShape, Parallel, Workload]:
     """The planner's view of a resolved ``SailConfig`` run on ``world_size`` ranks."""
-    from megatron_sail.config.layout import resolve_layout
+    from megatron_sail.config.validation import resolve_layout
     from megatron_sail.costs.flops import SYNTHETIC_TILES_PER_SAMPLE
 
     lay = resolve_layout(cfg, world_size, cuda_available=device == "gpu")  # a GPU run's plan

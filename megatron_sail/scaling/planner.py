@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from megatron_sail.config.layout import padded_vocab_size
+from megatron_sail.config.validation import padded_vocab_size
 from megatron_sail.costs.flops import Conventions, adapter_forward, llm_forward, vision_forward
 from megatron_sail.scaling.memory import (
     GIB, Parallel, StageMemory, Workload, estimate, peak_stage, stage_layers,

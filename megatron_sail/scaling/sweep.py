@@ -70,7 +70,7 @@ def run_local(sweep, overrides: list[str], jobs: int = 1, nproc: int = 1,
             print(shlex.join(_command(sweep.config, run, nproc)))
         return 0
     if todo and any("data.tokenizer" in o for o in todo[0].overrides):
-        from megatron_sail.data.tokenizer import load_or_train_synthetic_tokenizer
+        from megatron_sail.data.encoding.tokenizer import load_or_train_synthetic_tokenizer
 
         root.mkdir(parents=True, exist_ok=True)
         load_or_train_synthetic_tokenizer(str(root / "tokenizer.model"))

@@ -25,7 +25,7 @@ from megatron.core import parallel_state
 from megatron.core.packed_seq_params import PackedSeqParams
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
-from megatron_sail.data.batches import MicroBatch, normalize_pixels
+from megatron_sail.data.packing.microbatch import MicroBatch, normalize_pixels
 from megatron_sail.models.context_parallel import split_for_rank
 
 

@@ -17,13 +17,13 @@ from megatron_sail.checkpointing.layout_files import (
     resolve_checkpoint, run_lineage, stamped,
 )
 from megatron_sail.config import ConfigError, SailConfig, config_to_dict, save_config
-from megatron_sail.config.layout import Layout, resolve_layout
+from megatron_sail.config.validation import Layout, resolve_layout
 from megatron_sail.config.presets import tokens_per_tile
-from megatron_sail.data.batches import GlobalBatches
-from megatron_sail.data.synthetic_dataset import MismatchedImages, SyntheticCaptionDataset
-from megatron_sail.data.build import build_batches
-from megatron_sail.data.hf_tokenizer import load_tokenizer
-from megatron_sail.data.tokenizer import SentencePieceTokenizer, load_or_train_synthetic_tokenizer
+from megatron_sail.data.packing.microbatch import GlobalBatches
+from megatron_sail.data.loader.synthetic_dataset import MismatchedImages, SyntheticCaptionDataset
+from megatron_sail.data.loader.build import build_batches
+from megatron_sail.data.encoding.hf_tokenizer import load_tokenizer
+from megatron_sail.data.encoding.tokenizer import SentencePieceTokenizer, load_or_train_synthetic_tokenizer
 from megatron_sail.distributed.runtime import (
     DistEnv, data_sharing_group, init_model_parallel, init_process_group,
     transformer_engine_available,

@@ -15,9 +15,9 @@ from megatron_sail import cli
 from megatron_sail.convert.forward import write_inputs
 from megatron_sail.convert.reference import ReleaseReference
 from megatron_sail.convert.verify import make_inputs
-from megatron_sail.data.conversation import encode_conversation
-from megatron_sail.data.records import USER, Turn
-from megatron_sail.data.tokenizer import train_synthetic_tokenizer
+from megatron_sail.data.encoding.conversation import encode_conversation
+from megatron_sail.data.records.record import USER, Turn
+from megatron_sail.data.encoding.tokenizer import train_synthetic_tokenizer
 from megatron_sail.generation.runner import GenerateOptions, run_generation
 from tests.convert.test_generate_parity import IMG, reference_greedy
 

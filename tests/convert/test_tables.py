@@ -114,7 +114,7 @@ def test_moe_table_matches_sequential_and_grouped_gemm_experts(megatron_single_r
     from megatron.core.transformer.moe import experts
     from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 
-    from megatron_sail.config.layout import resolve_layout
+    from megatron_sail.config.validation import resolve_layout
     from megatron_sail.convert.megatron_side import sharded_tensors
     from megatron_sail.models.builder import llm_config
 

@@ -153,8 +153,8 @@ def test_rebalance_by_clusters_and_caption_to_qa(tmp_path):
 
 
 def test_shard_directory_input(tmp_path):
-    from megatron_sail.data.records import parse_record
-    from megatron_sail.data.shards import ShardSample, ShardWriter
+    from megatron_sail.data.records.record import parse_record
+    from megatron_sail.data.records.shards import ShardSample, ShardWriter
 
     img = encoded(picture(3))
     with ShardWriter(str(tmp_path / "shards")) as writer:

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from megatron_sail.data.tokenizer import SentencePieceTokenizer, train_synthetic_tokenizer
+from megatron_sail.data.encoding.tokenizer import SentencePieceTokenizer, train_synthetic_tokenizer
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,7 @@ from collections import Counter
 
 import pytest
 
-from megatron_sail.data.blend import PERIOD, BlendError, BlendSchedule, load_blend, quantise_weights
+from megatron_sail.data.records.blend import PERIOD, BlendError, BlendSchedule, load_blend, quantise_weights
 
 
 def write(tmp_path, text: str):
@@ -112,7 +112,7 @@ def test_weight_quantisation():
 
 def test_blend_cycles_are_named_not_followed(tmp_path, capsys):
     from megatron_sail.cli import main as sail
-    from megatron_sail.data.build import load_sources
+    from megatron_sail.data.loader.build import load_sources
 
     itself = write(tmp_path, "datasets: [{path: blend.yaml, weight: 1}]")
     with pytest.raises(BlendError, match=r"datasets\[0\]\.path lists this blend file itself"):

@@ -4,11 +4,11 @@
 import pytest
 import torch
 
-from megatron_sail.data.chat import encode_sample
-from megatron_sail.data.conversation import encode_conversation, encoded_length, render
-from megatron_sail.data.hf_tokenizer import HFTokenizer, load_tokenizer
-from megatron_sail.data.records import parse_record
-from megatron_sail.data.sample_encoder import (
+from megatron_sail.data.encoding.chat import encode_sample
+from megatron_sail.data.encoding.conversation import encode_conversation, encoded_length, render
+from megatron_sail.data.encoding.hf_tokenizer import HFTokenizer, load_tokenizer
+from megatron_sail.data.records.record import parse_record
+from megatron_sail.data.encoding.sample_encoder import (
     FileMedia,
     MemberMedia,
     SampleEncoder,
@@ -16,8 +16,8 @@ from megatron_sail.data.sample_encoder import (
     SampleErrorKind,
     media_order,
 )
-from megatron_sail.data.synthetic import make_sample
-from megatron_sail.data.tokenizer import SentencePieceTokenizer
+from megatron_sail.data.records.synthetic import make_sample
+from megatron_sail.data.encoding.tokenizer import SentencePieceTokenizer
 from tests.data.media_fixtures import chat, image_bytes, truncated_jpeg, video_bytes
 from tests.helpers import RELEASE_FIXTURE, require_shared
 

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from megatron_sail.data.chat import encode_sample
-from megatron_sail.data.tokenizer import SentencePieceTokenizer
+from megatron_sail.data.encoding.chat import encode_sample
+from megatron_sail.data.encoding.tokenizer import SentencePieceTokenizer
 
 Q, A = "Describe the image.", "a red circle on the left and a blue square on the right."
 

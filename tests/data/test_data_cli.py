@@ -11,8 +11,8 @@ import pytest
 
 from megatron_sail.cli import main as sail
 from megatron_sail.data.check import Progress
-from megatron_sail.data.data_cli import parse_size
-from megatron_sail.data.shards import ShardReader
+from megatron_sail.data.cli import parse_size
+from megatron_sail.data.records.shards import ShardReader
 from tests.data.dataset_fixtures import replace_member
 from tests.data.media_fixtures import chat, image_bytes, truncated_jpeg, video_bytes, write, write_jsonl
 from tests.helpers import RELEASE_FIXTURE, require_shared

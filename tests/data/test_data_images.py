@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from megatron_sail.data.images import IMAGENET_MEAN, IMAGENET_STD, to_pixel_values
+from megatron_sail.data.loader.images import IMAGENET_MEAN, IMAGENET_STD, to_pixel_values
 
 
 def test_constants() -> None:

@@ -3,7 +3,7 @@ import re
 import numpy as np
 import pytest
 
-from megatron_sail.data.synthetic import BACKGROUND, COLOURS, QUESTIONS, corpus, make_sample
+from megatron_sail.data.records.synthetic import BACKGROUND, COLOURS, QUESTIONS, corpus, make_sample
 
 _PART = re.compile(r"a (\w+) (\w+) (in the center|on the left|on the right|at the top|at the bottom)")
 

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from megatron_sail.data.images import to_pixel_values
-from megatron_sail.data.synthetic import make_sample
-from megatron_sail.data.synthetic_dataset import SyntheticCaptionDataset, split_seed
-from megatron_sail.data.tokenizer import SentencePieceTokenizer
+from megatron_sail.data.loader.images import to_pixel_values
+from megatron_sail.data.records.synthetic import make_sample
+from megatron_sail.data.loader.synthetic_dataset import SyntheticCaptionDataset, split_seed
+from megatron_sail.data.encoding.tokenizer import SentencePieceTokenizer
 
 SEQ, TOKENS, SIZE = 96, 16, 56
 

@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from megatron_sail.data.synthetic import corpus
-from megatron_sail.data.tokenizer import (
+from megatron_sail.data.records.synthetic import corpus
+from megatron_sail.data.encoding.tokenizer import (
     SPECIAL_TOKENS,
     SentencePieceTokenizer,
     load_or_train_synthetic_tokenizer,

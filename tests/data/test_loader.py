@@ -10,8 +10,8 @@ import hashlib
 import pytest
 
 from megatron_sail.config import load_config
-from megatron_sail.data.build import build_batches
-from megatron_sail.data.loader import DataStateError
+from megatron_sail.data.loader.build import build_batches
+from megatron_sail.data.loader.multimodal import DataStateError
 from tests.data.dataset_fixtures import make_dataset
 from tests.helpers import TINY
 
@@ -117,7 +117,7 @@ def test_anyres_batches_run_through_the_model(tokenizer, dataset, build_tiny):
     the ViT patches / 4, and the model consumes the micro-batch (packed text and images)."""
     import torch
 
-    from megatron_sail.data.batches import normalize_pixels
+    from megatron_sail.data.packing.microbatch import normalize_pixels
     from megatron_sail.training.step import packed_seq_params
 
     _, _, model = build_tiny(img_context_id=tokenizer.img_context_id)
@@ -172,7 +172,7 @@ def test_shard_members_that_are_links_are_skipped_and_named(tokenizer, dataset, 
     import tarfile
 
     from megatron_sail.data.check import Settings, prepare
-    from megatron_sail.data.shards import ShardReader
+    from megatron_sail.data.records.shards import ShardReader
     from tests.data.dataset_fixtures import replace_member
 
     settings = Settings(image_size=112, max_tiles=4, num_frames=4,

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from megatron_sail.cli import main as sail
-from megatron_sail.data.shards import ShardReader
+from megatron_sail.data.records.shards import ShardReader
 from tests.data.media_fixtures import chat, image_bytes, truncated_jpeg, video_bytes, write, write_jsonl
 
 VIDEOS = {"h264.mp4": "libx264", "vp9.webm": "libvpx-vp9", "mjpeg.avi": "mjpeg"}
@@ -22,7 +22,7 @@ def _zeroed(data: bytes) -> bytes:
 
 @pytest.fixture(scope="module")
 def formats(tmp_path_factory):
-    from megatron_sail.data.tokenizer import train_synthetic_tokenizer
+    from megatron_sail.data.encoding.tokenizer import train_synthetic_tokenizer
 
     root = tmp_path_factory.mktemp("formats")
     png = image_bytes(30, 40, "PNG", seed=3)

@@ -6,8 +6,8 @@ from collections import Counter
 import pytest
 import torch
 
-from megatron_sail.data import packing_plan
-from megatron_sail.data.chat import encode_sample
+from megatron_sail.data.packing import plan as packing_plan
+from megatron_sail.data.encoding.chat import encode_sample
 from megatron_sail.data.packing import (
     PackedRow,
     PackingState,
@@ -17,7 +17,7 @@ from megatron_sail.data.packing import (
     packing_stats,
     plan_global_batch,
 )
-from megatron_sail.data.tokenizer import SentencePieceTokenizer
+from megatron_sail.data.encoding.tokenizer import SentencePieceTokenizer
 
 SEQ, ROWS, BUFFER = 512, 8, 32
 

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from megatron_sail.data.records import (
+from megatron_sail.data.records.record import (
     ASSISTANT,
     SYSTEM,
     USER,

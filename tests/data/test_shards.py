@@ -6,9 +6,9 @@ import tarfile
 
 import pytest
 
-from megatron_sail.data.records import parse_record
-from megatron_sail.data.sample_encoder import FileMedia
-from megatron_sail.data.shards import INDEX_FILE, ShardIndex, ShardReader, ShardSample, ShardWriter
+from megatron_sail.data.records.record import parse_record
+from megatron_sail.data.records.reading import FileMedia
+from megatron_sail.data.records.shards import INDEX_FILE, ShardIndex, ShardReader, ShardSample, ShardWriter
 from tests.data.media_fixtures import chat, image_bytes, video_bytes, write
 
 

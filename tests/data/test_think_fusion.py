@@ -7,10 +7,10 @@ import os
 
 import pytest
 
-from megatron_sail.data.blend import BlendSchedule, load_blend
-from megatron_sail.data.conversation import encode_conversation
-from megatron_sail.data.hf_tokenizer import HFTokenizer
-from megatron_sail.data.records import (
+from megatron_sail.data.records.blend import BlendSchedule, load_blend
+from megatron_sail.data.encoding.conversation import encode_conversation
+from megatron_sail.data.encoding.hf_tokenizer import HFTokenizer
+from megatron_sail.data.records.record import (
     THINKING_PROMPT, RecordError, iter_jsonl, parse_record,
 )
 from tests.data.media_fixtures import chat

@@ -6,9 +6,9 @@ import os
 import pytest
 
 from megatron_sail.config import load_config
-from megatron_sail.data.conversation import UNIVL_SYSTEM_MESSAGE, encode_conversation, encoded_length, render
-from megatron_sail.data.hf_tokenizer import HFTokenizer
-from megatron_sail.data.records import parse_record
+from megatron_sail.data.encoding.conversation import UNIVL_SYSTEM_MESSAGE, encode_conversation, encoded_length, render
+from megatron_sail.data.encoding.hf_tokenizer import HFTokenizer
+from megatron_sail.data.records.record import parse_record
 from tests.data.media_fixtures import chat
 
 RELEASE = "/work/shared/fixtures/sailvl2-2b-release"
@@ -71,7 +71,7 @@ def test_explicit_system_turn_replaces_the_default(hf, reference):
 
 
 def test_generation_prompt_with_an_image(hf, reference):
-    from megatron_sail.data.records import USER, Turn
+    from megatron_sail.data.records.record import USER, Turn
 
     turns = [Turn(USER, "<image>\nWhat is this?")]
     enc = encode_conversation(hf, turns, image_tiles=[2], tokens_per_tile=4, chat_template="univl-chat")
@@ -92,7 +92,7 @@ def test_presets_choose_their_template():
 def test_sail_generate_prompt_is_the_rule(hf, reference, thinking):
     """What ``sail generate --prompt`` encodes for a SAIL-VL2 checkpoint (its encoder and record
     path), with and without --thinking (the release's cot prompt appended to the question)."""
-    from megatron_sail.data.records import THINKING_PROMPT
+    from megatron_sail.data.records.record import THINKING_PROMPT
     from megatron_sail.generation.cli import chat_encoder
     from megatron_sail.generation.prompts import encode_prompt, prompt_record
 

@@ -63,7 +63,7 @@ def test_pipeline_and_context_parallel_on_four_ranks(sail, single, tmp_path):
 def packed_data(tmp_path_factory):
     """Real JSONL records (images, multi-image, text, video) packed into rows of 256 tokens;
     every sample padded to a multiple of 4 = 2 x CP in both runs, so both see the same rows."""
-    from megatron_sail.data.tokenizer import train_synthetic_tokenizer
+    from megatron_sail.data.encoding.tokenizer import train_synthetic_tokenizer
 
     root = tmp_path_factory.mktemp("dataset")
     dataset = make_dataset(root, bad=False)

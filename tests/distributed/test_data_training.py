@@ -15,7 +15,7 @@ from tests.helpers import assert_close_losses
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from megatron_sail.data.tokenizer import train_synthetic_tokenizer
+    from megatron_sail.data.encoding.tokenizer import train_synthetic_tokenizer
 
     root = tmp_path_factory.mktemp("dataset")
     dataset = make_dataset(root)

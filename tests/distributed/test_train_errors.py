@@ -17,7 +17,7 @@ TRAIN = ["train.micro_batch_size=1", "train.global_batch_size=4", "data.seq_leng
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from megatron_sail.data.tokenizer import train_synthetic_tokenizer
+    from megatron_sail.data.encoding.tokenizer import train_synthetic_tokenizer
 
     root = tmp_path_factory.mktemp("dataset")
     dataset = make_dataset(root, good=20, bad=False)

@@ -96,7 +96,7 @@ def test_hand_off_loads_the_previous_output_freezes_and_reinitialises(tmp_path):
 
 def test_reinit_needs_loaded_weights_and_names_parts():
     from megatron_sail.config import ConfigError, load_config
-    from megatron_sail.config.layout import resolve_layout
+    from megatron_sail.config.validation import resolve_layout
 
     cfg = load_config(TINY, ["checkpoint.reinit=[adapter,eyes]"])
     with pytest.raises(ConfigError) as info:

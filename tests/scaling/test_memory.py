@@ -31,7 +31,7 @@ TWO_RANKS = {
 
 @pytest.fixture(scope="module")
 def tokenizer_override(tmp_path_factory):
-    from megatron_sail.data.tokenizer import train_synthetic_tokenizer
+    from megatron_sail.data.encoding.tokenizer import train_synthetic_tokenizer
 
     path = tmp_path_factory.mktemp("tok") / "tokenizer.model"
     train_synthetic_tokenizer(str(path))

@@ -9,7 +9,7 @@ import pytest
 from megatron_sail.config import (
     ConfigError, SailConfig, config_from_dict, config_to_dict, load_config, save_config,
 )
-from megatron_sail.config.layout import resolve_layout
+from megatron_sail.config.validation import resolve_layout
 from megatron_sail.config.presets import PRESETS
 
 
@@ -361,7 +361,7 @@ ALIAS_BOMB = "a: &a [x,x,x,x,x,x,x,x,x,x]\n" + "".join(
 def test_alias_bomb_is_refused_at_once(tmp_path, reader):
     import time
 
-    from megatron_sail.data.blend import BlendError, load_blend
+    from megatron_sail.data.records.blend import BlendError, load_blend
     from megatron_sail.launch.sweep import SweepError, load_sweep
 
     path = _write(tmp_path, ALIAS_BOMB)
@@ -391,7 +391,7 @@ def test_yaml_size_recursion_and_nesting_limits(tmp_path):
 
 
 def test_a_global_batch_beyond_memory_is_refused_with_a_lower_bound():
-    from megatron_sail.config.layout import step_memory_error
+    from megatron_sail.config.validation import step_memory_error
 
     cfg = load_config(None, ["train.global_batch_size=4096", "train.micro_batch_size=1"])
     layout = resolve_layout(cfg, 2)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from megatron_sail.data.packing_collate import collate_packed
+from megatron_sail.data.packing.collate import collate_packed
 from megatron_sail.models.context_parallel import (chunk_indices, local_query_chunks,
                                                    split_for_rank, unsplit)
 

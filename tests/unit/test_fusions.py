@@ -161,7 +161,7 @@ def test_levers_that_cannot_run_are_config_errors():
 
 def test_resolve_layout_reports_them_with_the_others():
     from megatron_sail.config import ConfigError, load_config
-    from megatron_sail.config.layout import resolve_layout
+    from megatron_sail.config.validation import resolve_layout
     from tests.helpers import TINY
 
     cfg = load_config(TINY, ["performance.cuda_graphs=true", "parallel.tensor_model_parallel_size=3"])
@@ -172,7 +172,7 @@ def test_resolve_layout_reports_them_with_the_others():
 
 def test_config_maps_onto_megatron_settings():
     from megatron_sail.config import load_config
-    from megatron_sail.config.layout import resolve_layout
+    from megatron_sail.config.validation import resolve_layout
     from megatron_sail.models.builder import adapter_config, llm_config, vision_config
     from megatron_sail.training.optimizer import ddp_config_of
     from tests.helpers import TINY

@@ -81,6 +81,28 @@ def test_lower_layers_never_import_higher_ones():
     assert wrong == []
 
 
+# Inside data/, the stages in pipeline order; the `sail data` commands (check.py, cli.py) on top.
+DATA_STAGES = ["records", "media", "encoding", "packing", "loader", "check", "cli"]
+
+
+def test_data_stages_import_only_earlier_stages():
+    data = PACKAGE / "data"
+    stage_of = {name: level for level, name in enumerate(DATA_STAGES)}
+    wrong = []
+    for path in sorted(data.rglob("*.py")):
+        source = path.relative_to(data).with_suffix("").parts[0]
+        if source == "__init__":
+            continue
+        assert source in stage_of, f"place {path.relative_to(REPO)} in DATA_STAGES"
+        for module in sorted(imported_modules(path)):
+            parts = module.split(".")
+            if parts[:2] != ["megatron_sail", "data"] or len(parts) < 3 or parts[2] not in stage_of:
+                continue
+            if stage_of[parts[2]] > stage_of[source]:
+                wrong.append(f"{path.relative_to(REPO)} ({source}) imports {module}")
+    assert wrong == []
+
+
 def test_benchmarks_and_tools_never_import_tests():
     wrong = [f"{path.relative_to(REPO)}: {module}"
              for folder in ("benchmarks", "tools") for path in sorted((REPO / folder).rglob("*.py"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from megatron_sail.config import ConfigError, load_config
-from megatron_sail.config.layout import resolve_layout
+from megatron_sail.config.validation import resolve_layout
 
 
 def layout(world, *overrides):

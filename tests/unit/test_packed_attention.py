@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from megatron_sail.data.batches import MicroBatch
+from megatron_sail.data.packing.microbatch import MicroBatch
 from megatron_sail.training.step import packed_seq_params
 
 IMG = 5
@@ -88,7 +88,7 @@ def test_packed_row_must_be_one_row():
 def test_anyres_images_packed_in_the_vit_equal_each_alone(build_tiny):
     """Variable-resolution images in one packed ViT sequence (AnyRes) give each image the
     features it gets alone; the patch layout matches the conv patchify."""
-    from megatron_sail.data.batches import patchify
+    from megatron_sail.data.media.anyres import patchify
 
     cfg, _, model = build_tiny()
     model.eval()

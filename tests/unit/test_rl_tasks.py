@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from megatron_sail.data.records import parse_record
-from megatron_sail.data.synthetic import COLOURS
+from megatron_sail.data.records.record import parse_record
+from megatron_sail.data.records.synthetic import COLOURS
 from megatron_sail.rl.tasks import (RECORDS_FILE, count_record, count_reward, count_sample,
                                     reference_answer, write_count_task)
 

@@ -22,7 +22,7 @@ def test_build_for_a_checkpoint_load_skips_the_initialiser(build_tiny, monkeypat
     with pytest.raises(AssertionError, match="initialize_weights called"):
         build_tiny()  # the default build draws the weights
     from megatron_sail.config import load_config
-    from megatron_sail.config.layout import resolve_layout
+    from megatron_sail.config.validation import resolve_layout
     from tests.helpers import TINY
 
     cfg = load_config(TINY, [])
@@ -33,7 +33,7 @@ def test_the_load_sets_every_weight_of_an_uninitialised_build(build_tiny, tmp_pa
     from megatron_sail.checkpointing.dist_ckpt import load_checkpoint, save_checkpoint
     from megatron_sail.checkpointing.layout_files import iteration_dir
     from megatron_sail.config import load_config
-    from megatron_sail.config.layout import resolve_layout
+    from megatron_sail.config.validation import resolve_layout
     from megatron_sail.models.builder import build_model
     from tests.helpers import TINY
 

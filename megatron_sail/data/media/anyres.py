@@ -97,3 +97,14 @@ def anyres_image(image: Image.Image, max_tokens: int = DEFAULT_MAX_TOKENS,
     pixels = pixel_buffer((size[1], size[0], 3))
     pixels.numpy()[...] = np.asarray(resized)
     return pixels.permute(2, 0, 1)
+
+
+def patchify(image: torch.Tensor, patch: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """[3, H, W] -> row-major patches [H/p * W/p, 3 * p * p] (each flattened channel, row,
+    column, like the ViT's conv weight) and the (rows, cols) grid."""
+    c, height, width = image.shape
+    if height % patch or width % patch:
+        raise ValueError(f"image {height}x{width} is not a multiple of the {patch} px patch")
+    h, w = height // patch, width // patch
+    patches = image.reshape(c, h, patch, w, patch).permute(1, 3, 0, 2, 4)
+    return patches.reshape(h * w, c * patch * patch), (h, w)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Optional
 
-from megatron_sail.config.layout import segment_pad_multiple
+from megatron_sail.config.validation import segment_pad_multiple
 from megatron_sail.config.presets import tokens_per_tile
 from megatron_sail.config.schema import SailConfig, chat_template_of
-from megatron_sail.data.blend import BlendError, is_blend_file, load_blend
-from megatron_sail.data.loader import BlendedSamples, LoaderSettings, MultimodalBatches
+from megatron_sail.data.records.blend import BlendError, is_blend_file, load_blend
+from megatron_sail.data.loader.multimodal import BlendedSamples, LoaderSettings, MultimodalBatches
 from megatron_sail.data.media.backends import require_backend
-from megatron_sail.data.sample_encoder import SampleEncoder
-from megatron_sail.data.sources import SampleSource, open_source
+from megatron_sail.data.encoding.sample_encoder import SampleEncoder
+from megatron_sail.data.loader.sources import SampleSource, open_source
 
 
 def load_sources(path: str) -> tuple[list[SampleSource], list[float]]:

@@ -38,8 +38,8 @@ from dataclasses import dataclass
 
 import torch
 
-from megatron_sail.data.chat import ChatTokenizer
-from megatron_sail.data.records import (
+from megatron_sail.data.encoding.chat import ChatTokenizer
+from megatron_sail.data.records.record import (
     ASSISTANT,
     IMAGE_PLACEHOLDER,
     SYSTEM,
@@ -48,7 +48,7 @@ from megatron_sail.data.records import (
     Turn,
     split_think,
 )
-from megatron_sail.data.special_tokens import IM_END, IM_START, IMG_CONTEXT, IMG_END, IMG_START
+from megatron_sail.data.records.special_tokens import IM_END, IM_START, IMG_CONTEXT, IMG_END, IMG_START
 
 # One 448 px tile -> 32x32 patches -> 16x16 tokens after the 2x2 pixel shuffle.
 TOKENS_PER_TILE = 256

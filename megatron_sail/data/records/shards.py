@@ -31,8 +31,8 @@ import shutil
 import tarfile
 from dataclasses import dataclass, field
 
-from megatron_sail.data.records import Record, RecordError, parse_record
-from megatron_sail.data.sample_encoder import MemberMedia, SampleError, SampleErrorKind
+from megatron_sail.data.records.record import Record, RecordError, parse_record
+from megatron_sail.data.records.reading import MemberMedia, SampleError, SampleErrorKind
 from megatron_sail.utils.atomic import fsync_path, rename_synced
 
 INDEX_FILE = "index.json"

@@ -14,9 +14,9 @@ Per training step, every rank runs the same three steps, with no communication:
 ``packing_stats`` gives the metrics (efficiency, visual tokens per rank).
 """
 
-from megatron_sail.data.packing_balance import deal_rows, packing_stats
-from megatron_sail.data.packing_collate import collate_packed
-from megatron_sail.data.packing_plan import (
+from megatron_sail.data.packing.balance import deal_rows, packing_stats
+from megatron_sail.data.packing.collate import collate_packed
+from megatron_sail.data.packing.plan import (
     GlobalBatchPlan,
     PackedRow,
     PackingState,

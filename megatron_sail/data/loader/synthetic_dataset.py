@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from megatron_sail.data.chat import ChatTokenizer, encode_sample
-from megatron_sail.data.images import to_pixel_values
-from megatron_sail.data.synthetic import make_sample
+from megatron_sail.data.encoding.chat import ChatTokenizer, encode_sample
+from megatron_sail.data.loader.images import to_pixel_values
+from megatron_sail.data.records.synthetic import make_sample
 
 SPLITS: tuple[str, ...] = ("train", "val")
 # Effectively infinite; kept within int32 so samplers can index it safely.

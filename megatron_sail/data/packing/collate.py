@@ -7,8 +7,8 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from megatron_sail.data.batches import MicroBatch, concat_visual
-from megatron_sail.data.packing_plan import SampleInfo
+from megatron_sail.data.packing.microbatch import MicroBatch, concat_visual
+from megatron_sail.data.packing.plan import SampleInfo
 
 
 def padded_length(length: int, multiple: int) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from megatron_sail.data.packing_plan import GlobalBatchPlan, PackedRow
+from megatron_sail.data.packing.plan import GlobalBatchPlan, PackedRow
 
 # Swap-refinement rounds after the greedy deal; each round moves one pair of rows.
 MAX_SWAPS = 64

@@ -13,7 +13,7 @@ from typing import Protocol
 
 import torch
 
-from megatron_sail.data.special_tokens import IM_END, IM_START
+from megatron_sail.data.records.special_tokens import IM_END, IM_START
 
 USER_HEADER = f"{IM_START}user\n"
 ASSISTANT_HEADER = f"{IM_END}\n{IM_START}assistant\n"

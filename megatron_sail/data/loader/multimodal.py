@@ -27,16 +27,16 @@ from typing import Iterator, Optional, Sequence
 
 import torch
 
-from megatron_sail.data.batches import MicroBatch, collate
-from megatron_sail.data.blend import BlendSchedule
-from megatron_sail.data.packing_balance import deal_rows, packing_stats
-from megatron_sail.data.packing_collate import collate_packed, padded_infos, padded_length
-from megatron_sail.data.packing_plan import (
+from megatron_sail.data.packing.microbatch import MicroBatch, collate
+from megatron_sail.data.records.blend import BlendSchedule
+from megatron_sail.data.packing.balance import deal_rows, packing_stats
+from megatron_sail.data.packing.collate import collate_packed, padded_infos, padded_length
+from megatron_sail.data.packing.plan import (
     GlobalBatchPlan, PackedRow, PackingState, SampleInfo, plan_global_batch,
 )
-from megatron_sail.data.records import RecordError
-from megatron_sail.data.sample_encoder import SampleEncoder, SampleError
-from megatron_sail.data.sources import SampleSource
+from megatron_sail.data.records.record import RecordError
+from megatron_sail.data.encoding.sample_encoder import SampleEncoder, SampleError
+from megatron_sail.data.loader.sources import SampleSource
 from megatron_sail.errors import UserError
 
 MALFORMED = "malformed_record"

@@ -36,7 +36,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
-from megatron_sail.data.special_tokens import IM_END, IM_START, IMG_CONTEXT, THINK_END, THINK_START
+from megatron_sail.data.records.special_tokens import IM_END, IM_START, IMG_CONTEXT, THINK_END, THINK_START
 from megatron_sail.errors import UserError
 
 IMAGE_PLACEHOLDER = "<image>"

@@ -13,11 +13,11 @@ from typing import Protocol, Union
 
 import numpy as np
 
-from megatron_sail.data.records import Record, RecordError, media_base, parse_line
-from megatron_sail.data.sample_encoder import (
+from megatron_sail.data.records.record import Record, RecordError, media_base, parse_line
+from megatron_sail.data.encoding.sample_encoder import (
     EncodedRecord, FileMedia, SampleEncoder, SamplePlan,
 )
-from megatron_sail.data.shards import INDEX_FILE, ShardReader
+from megatron_sail.data.records.shards import INDEX_FILE, ShardReader
 
 
 class SampleSource(Protocol):

@@ -15,8 +15,8 @@ import os
 from collections.abc import Iterable
 from typing import Protocol
 
-from megatron_sail.data.chat import ChatTokenizer
-from megatron_sail.data.special_tokens import SPECIAL_TOKENS, SpecialTokenIds
+from megatron_sail.data.encoding.chat import ChatTokenizer
+from megatron_sail.data.records.special_tokens import SPECIAL_TOKENS, SpecialTokenIds
 
 # Qwen2/Qwen3 pre-tokenisation: contractions, letter runs with one leading non-letter, single
 # digits, punctuation runs, newline runs, other whitespace.
@@ -135,6 +135,6 @@ def load_tokenizer(path: str) -> Tokenizer:
         return HFTokenizer(path)
     if os.path.basename(path) == "tokenizer.json":
         return HFTokenizer(os.path.dirname(os.path.abspath(path)))
-    from megatron_sail.data.tokenizer import SentencePieceTokenizer
+    from megatron_sail.data.encoding.tokenizer import SentencePieceTokenizer
 
     return SentencePieceTokenizer(path)

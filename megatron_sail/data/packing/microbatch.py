@@ -42,17 +42,6 @@ class MicroBatch:
                           self.max_seqlen, self.image_grids, move(self.cu_seqlens_unpadded))
 
 
-def patchify(image: torch.Tensor, patch: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """[3, H, W] -> row-major patches [H/p * W/p, 3 * p * p] (each flattened channel, row,
-    column, like the ViT's conv weight) and the (rows, cols) grid."""
-    c, height, width = image.shape
-    if height % patch or width % patch:
-        raise ValueError(f"image {height}x{width} is not a multiple of the {patch} px patch")
-    h, w = height // patch, width // patch
-    patches = image.reshape(c, h, patch, w, patch).permute(1, 3, 0, 2, 4)
-    return patches.reshape(h * w, c * patch * patch), (h, w)
-
-
 def normalize_pixels(pixels: torch.Tensor) -> torch.Tensor:
     """uint8 tiles [N, 3, H, W] or AnyRes patches [P, 3 * p * p] -> float32 ImageNet-normalised,
     where they are (the loader ships uint8: a quarter of the bytes, normalised on the GPU)."""
