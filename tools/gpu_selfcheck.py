@@ -12,6 +12,8 @@ that are tested there?
    check allows a mean difference of 1.5 levels and reports the maximum).
 5. The local spec's attention on CUDA (no Transformer Engine needed): torch SDPA vs Megatron's
    unfused math, and a packed row (THD, cu_seqlens) vs its samples run one by one.
+6. Weight initialisation drawn on the GPU vs on the CPU (the same values to the last bit of
+   fp32's log/cos).
 
 Models are the tiny presets (dimensions are multiples of 16, as FP8 needs) on a one-rank
 world. Weights come from the layout-independent initialiser, keyed by checkpoint names, so
@@ -313,6 +315,25 @@ def _compare(name: str, a, b, mean_tol: float = 1.5) -> Check:
                  f"mean |difference| {diff.mean():.3f}, max {diff.max()} (0-255 levels)")
 
 
+def check_initialisation() -> list[Check]:
+    """Weights drawn on the GPU equal those drawn on the CPU (the generator is counter-based:
+    integer steps are exact anywhere; the fp32 log/cos may differ in the last bit)."""
+    import torch
+
+    from megatron_sail.models.init import initial_block
+
+    key = "language_model.decoder.layers.mlp.linear_fc1.weight"
+    shape, offsets, block = (4096, 2048), (1024, 512), (2048, 1024)  # a TP shard of both axes
+    cpu = initial_block(key, shape, offsets, block, 1234, (3,), 0.02, {"llm": 28})
+    gpu = initial_block(key, shape, offsets, block, 1234, (3,), 0.02, {"llm": 28},
+                        device=torch.device("cuda")).cpu()
+    diff = (cpu - gpu).abs().max().item()
+    bound = 4 * torch.finfo(torch.float32).eps * cpu.abs().max().item()
+    return [Check("initial weights: GPU draw vs CPU draw", "PASS" if diff <= bound else "FAIL",
+                  f"max |difference| {diff:.3g} (bound {bound:.3g}), "
+                  f"{int((cpu != gpu).sum())} of {cpu.numel()} elements not bit-equal")]
+
+
 def check_dali() -> list[Check]:
     from megatron_sail.data.media.backends import dali_available
 
@@ -368,6 +389,10 @@ def main() -> int:
         results += check_local_attention()
     except Exception as exc:
         results.append(Check("local attention", "FAIL", f"{type(exc).__name__}: {exc}"))
+    try:
+        results += check_initialisation()
+    except Exception as exc:
+        results.append(Check("initial weights on the GPU", "FAIL", f"{type(exc).__name__}: {exc}"))
     try:
         results += check_dali()
     except Exception as exc:

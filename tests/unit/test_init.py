@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from megatron_sail.models.init import initial_value
+from megatron_sail.models.init import initial_block, initial_value
 
 LLM_PROJ = "language_model.decoder.layers.self_attention.linear_proj.weight"
 LLM_FC2 = "language_model.decoder.layers.mlp.linear_fc2.weight"
@@ -141,3 +141,36 @@ def test_built_model_residual_std_and_norms(build_tiny):
     assert torch.equal(model.adapter.mlp.linear_fc1.bias, torch.zeros_like(model.adapter.mlp.linear_fc1.bias))
     for name, param in model.named_parameters():
         assert torch.isfinite(param).all(), name
+
+
+@pytest.mark.parametrize("shape,offsets,block", [
+    ((48, 40), (16, 8), (16, 24)),          # a column- and row-parallel shard at once
+    ((6, 10, 12), (2, 0, 6), (3, 10, 6)),   # 3-D (grouped experts' per-expert axes)
+    ((37,), (5,), (19,)),                   # odd 1-D
+])
+def test_a_shard_is_drawn_alone_and_equals_that_slice_of_the_full_tensor(shape, offsets, block):
+    full = initial_value(LLM_QKV, shape, 5, (3,), 0.02, LAYERS)
+    shard = initial_block(LLM_QKV, shape, offsets, block, 5, (3,), 0.02, LAYERS)
+    index = tuple(slice(o, o + n) for o, n in zip(offsets, block))
+    assert torch.equal(shard, full[index])
+
+
+def test_big_shards_are_drawn_in_slabs_with_the_same_values(monkeypatch):
+    import megatron_sail.models.init as init
+
+    whole = initial_block(LLM_QKV, (64, 30), (8, 3), (40, 20), 9, (), 1.0, LAYERS)
+    monkeypatch.setattr(init, "_CHUNK", 50)  # several rows per pass, a ragged last pass
+    assert torch.equal(initial_block(LLM_QKV, (64, 30), (8, 3), (40, 20), 9, (), 1.0, LAYERS),
+                       whole)
+
+
+def test_draws_are_standard_normal():
+    n = 1_000_000
+    x = initial_value(LLM_QKV, (n,), 11, (), 1.0, LAYERS).double()
+    # Sampling error of the mean is 1/sqrt(n) = 1e-3, of the std about 0.7e-3: 5 sigma bounds.
+    assert abs(x.mean()) < 5e-3
+    assert abs(x.std() - 1.0) < 3.5e-3
+    # Neighbouring elements (consecutive generator outputs) are uncorrelated.
+    assert abs(torch.corrcoef(torch.stack([x[:-1], x[1:]]))[0, 1]) < 5e-3
+    # Tails as a normal's: P(|x| > 2) = 4.55%, sampling error about 0.02%.
+    assert abs((x.abs() > 2).double().mean() - 0.0455) < 1.5e-3
