@@ -12,18 +12,14 @@ from megatron_sail.utils.progress import ProgressLine
 class RecordProgress:
     def __init__(self, label: str, total: int, quiet: bool = False) -> None:
         self.label, self.total, self.quiet = label, total, quiet
-        self.line = ProgressLine(f"curate {label}", total, "records")
-        self.done = 0
         self.tty = sys.stderr.isatty()
+        self.line = ProgressLine(f"curate {label}", total, "records", rewrite=self.tty)
+        self.done = 0
         self.shown_decile = -1
 
-    def _print(self, text: str, final: bool = False) -> None:
-        if self.quiet:
-            return
-        if self.tty:
-            print(f"\r{text}\033[K", end="\n" if final else "", file=sys.stderr, flush=True)
-        else:
-            print(text, file=sys.stderr, flush=True)
+    def _print(self, text: str) -> None:
+        if not self.quiet:
+            self.line.emit(text)
 
     def advance(self, records: int) -> None:
         self.done += records

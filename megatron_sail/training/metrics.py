@@ -9,7 +9,10 @@ from pathlib import Path
 from typing import Optional
 
 from megatron_sail.utils.atomic import write_atomic
+from megatron_sail.utils.logs import get_logger
 from megatron_sail.utils.progress import ProgressLine
+
+log = get_logger("megatron_sail.training")
 
 
 class MetricsWriter:
@@ -42,8 +45,7 @@ class MetricsWriter:
         for skip in skips:  # each bad sample once on the console; every time in the file
             if skip["where"] not in self._reported:
                 self._reported.add(skip["where"])
-                print(f"skipped sample ({skip['kind']}): {skip['where']}", file=sys.stderr,
-                      flush=True)
+                log.warning(f"skipped sample ({skip['kind']}): {skip['where']}")
 
     def close(self) -> None:
         self._file.close()
@@ -77,4 +79,4 @@ class Progress:
                                detail=f"{text} | {extra}" if extra else text)
 
     def show(self, *args, **kwargs) -> None:
-        print(self.line(*args, **kwargs), file=self.stream, flush=True)
+        self._line.emit(self.line(*args, **kwargs))

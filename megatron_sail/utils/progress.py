@@ -58,9 +58,13 @@ class ProgressLine:
         return f"{text} | {detail}" if detail else text
 
     def show(self, done: int, **parts) -> None:
+        self.emit(self.line(done, **parts), final=done >= self.total)
+
+    def emit(self, text: str, final: bool = False) -> None:
+        """Write one line of this progress (or a message in its place): rewritten in place
+        when ``rewrite`` (a terminal), the cursor left on the line until ``final``."""
         stream = self.stream or sys.stderr
-        text = self.line(done, **parts)
         if self.rewrite:
-            print("\r" + text, end="\n" if done >= self.total else "", file=stream, flush=True)
+            print(f"\r{text}\033[K", end="\n" if final else "", file=stream, flush=True)
         else:
             print(text, file=stream, flush=True)
