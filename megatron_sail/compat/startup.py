@@ -29,6 +29,7 @@ CHECKED_MODULES = (
     "megatron_sail.compat.safe_checkpoint_load",
     "megatron_sail.compat.local_attention_cp",
     "megatron_sail.compat.inference_context",
+    "megatron_sail.compat.dali_fork",
 )
 
 _checked = False

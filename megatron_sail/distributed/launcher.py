@@ -12,6 +12,7 @@ import time
 from typing import Callable, Optional
 
 from megatron_sail.distributed.runtime import free_port
+from megatron_sail.utils.processes import terminate
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
@@ -59,15 +60,6 @@ def wait_ranks(procs: list[subprocess.Popen], grace: float,
                     stop(p)
             return [p.wait() for p in procs], first
         time.sleep(0.1)
-
-
-def terminate(proc: subprocess.Popen, timeout: float = 15) -> None:
-    """SIGTERM, then SIGKILL after ``timeout`` seconds."""
-    proc.terminate()
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 def launch_local(nproc: int, worker_args: list[str],

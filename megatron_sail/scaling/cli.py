@@ -25,10 +25,12 @@ def cmd_sweep(args: list[str]) -> int:
     from megatron_sail.config import ConfigError
     from megatron_sail.launch.sweep import SweepError, load_sweep
     from megatron_sail.scaling.sweep import run_local
+    from megatron_sail.utils.processes import exit_on_sigterm
 
     try:
-        return run_local(load_sweep(ns.file), ns.overrides, max(1, ns.jobs),
-                         max(1, ns.nproc_per_node), ns.dry_run)
+        with exit_on_sigterm():  # the running elements are stopped too, not left behind
+            return run_local(load_sweep(ns.file), ns.overrides, max(1, ns.jobs),
+                             max(1, ns.nproc_per_node), ns.dry_run)
     except (SweepError, ConfigError) as exc:
         report_error("scaling sweep", str(exc))
         return 2

@@ -20,8 +20,9 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from megatron_sail.distributed.launcher import start_ranks, terminate, wait_ranks
+from megatron_sail.distributed.launcher import start_ranks, wait_ranks
 from megatron_sail.distributed.runtime import free_port
+from megatron_sail.utils.processes import terminate
 
 
 @dataclass

@@ -11,13 +11,12 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from megatron_sail.config import load_config
+from megatron_sail.utils.processes import Job, run_jobs
 
 
 @dataclass
@@ -78,29 +77,15 @@ def run_local(sweep, overrides: list[str], jobs: int = 1, nproc: int = 1,
     threads = (os.environ.get("OMP_NUM_THREADS")
                or str(max(1, (os.cpu_count() or 1) // (jobs * nproc))))
     env = dict(os.environ, OMP_NUM_THREADS=threads)
-    running: list[tuple[LocalRun, subprocess.Popen, float]] = []
-    failed = []
-    pending = list(todo)
-    while pending or running:
-        while pending and len(running) < jobs:
-            run = pending.pop(0)
-            run.run_dir.mkdir(parents=True, exist_ok=True)
-            log = open(run.run_dir / "train.log", "w")
-            proc = subprocess.Popen(_command(sweep.config, run, nproc), stdout=log,
-                                    stderr=subprocess.STDOUT, env=env)
-            log.close()
-            running.append((run, proc, time.monotonic()))
-        for item in list(running):
-            run, proc, start = item
-            if proc.poll() is None:
-                continue
-            running.remove(item)
-            status = "done" if proc.returncode == 0 else f"FAILED ({proc.returncode})"
-            print(f"  {run.name}: {status} in {time.monotonic() - start:.0f}s, "
-                  f"log {run.run_dir / 'train.log'}", flush=True)
-            if proc.returncode:
-                failed.append(run.name)
-        time.sleep(0.2)
+
+    def report(job: Job, code: int, seconds: float) -> None:
+        status = "done" if code == 0 else f"FAILED ({code})"
+        print(f"  {job.name}: {status} in {seconds:.0f}s, log {job.log}", flush=True)
+
+    queue = [Job(run.name, _command(sweep.config, run, nproc), run.run_dir / "train.log")
+             for run in todo]
+    codes = run_jobs(queue, jobs, env=env, on_done=report)
+    failed = [run.name for run in todo if codes[run.name] != 0]
     if failed:
         print(f"{len(failed)} element(s) failed: {', '.join(failed)}", file=sys.stderr)
         return 1

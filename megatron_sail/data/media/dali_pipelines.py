@@ -2,7 +2,9 @@
 
 DALI is imported only here and only when a DALI backend is used. Each pipeline runs
 synchronously (no prefetching) because it is fed one request at a time by the caller; a pipeline
-that failed is dropped, since DALI marks it unusable after an error.
+that failed is shut down and dropped, since DALI marks it unusable after an error. Every
+pipeline is adopted by :mod:`megatron_sail.compat.dali_fork`, so a forked process (a DataLoader
+worker) can drop the ones it inherited without touching their parent's threads.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import threading
 from collections.abc import Sequence
 
 import numpy as np
+
+from megatron_sail.compat import dali_fork
 
 _cache: dict[tuple, object] = {}
 _cache_lock = threading.Lock()
@@ -30,8 +34,10 @@ def _device_id(device: str) -> int | None:
 def _pipeline(batch_size: int, num_threads: int, device_id: int | None):
     from nvidia.dali.pipeline import Pipeline
 
-    return Pipeline(batch_size=batch_size, num_threads=num_threads, device_id=device_id,
-                    prefetch_queue_depth=1, exec_async=False, exec_pipelined=False)
+    pipeline = Pipeline(batch_size=batch_size, num_threads=num_threads, device_id=device_id,
+                        prefetch_queue_depth=1, exec_async=False, exec_pipelined=False)
+    dali_fork.adopt(pipeline)
+    return pipeline
 
 
 class DaliVideoDecoder:
@@ -65,6 +71,10 @@ class DaliVideoDecoder:
                 out = out.as_cpu()
             return np.array(out[0])  # copy: DALI reuses its output buffers on the next run
 
+    def close(self) -> None:
+        with self._lock:
+            dali_fork.shut_down(self._pipe)
+
 
 class DaliImageDecoder:
     """A batch of encoded images per run (``fn.decoders.image``, RGB output)."""
@@ -89,6 +99,10 @@ class DaliImageDecoder:
             if self.device == "mixed":
                 out = out.as_cpu()
             return [np.array(out[i]) for i in range(len(images))]
+
+    def close(self) -> None:
+        with self._lock:
+            dali_fork.shut_down(self._pipe)
 
 
 def _cached(key: tuple, build):
@@ -115,6 +129,8 @@ class _Guarded:
             return self._decoder.decode(*args)
         except Exception as exc:
             _forget(self._key)
+            # now, not when the GC reaches it: the traceback keeps it alive in a reference cycle
+            self._decoder.close()
             raise RuntimeError(_essence(str(exc))) from exc
 
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import gc
+import multiprocessing
+import os
 import pickle
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from megatron_sail.data.media import dali_pipelines
 from megatron_sail.data.media import (MediaError, dali_available, decode_image, decode_images_dali, probe_image,
                                       read_media_file)
 from tests.data.media.conftest import encode, random_image
@@ -91,3 +95,27 @@ def test_dali_cpu_image_decode_equals_pillow_and_names_bad_images():
         decode_images_dali(bad, ["good.jpg", "bad.jpg"])
     assert info.value.source == "bad.jpg"
     assert len(decode_images_dali(images[:1])) == 1  # the failed pipeline was replaced
+
+
+def _in_forked_child(images: list[bytes], expected: list[np.ndarray]) -> None:
+    dali_pipelines._cache.clear()  # drop the parent's pipelines (their threads are not here) ...
+    gc.collect()
+    decoded = decode_images_dali(images)  # ... and build this process's own
+    os._exit(0 if all(np.array_equal(a, b) for a, b in zip(decoded, expected)) else 1)
+
+
+@pytest.mark.skipif(not dali_available(), reason="NVIDIA DALI not installed")
+def test_a_forked_process_drops_the_dali_pipelines_it_inherited_and_decodes_with_its_own():
+    # as a DataLoader worker does: destroying an inherited pipeline used to join its parent's
+    # threads and kill the child with a segmentation fault
+    images = [encode(random_image(45, 31, seed=4), "JPEG", quality=90)]
+    expected = decode_images_dali(images)
+    bad = [images[0], images[0][:200] + bytes(200)]
+    with pytest.raises(MediaError):
+        decode_images_dali(bad)  # a failed pipeline, kept alive by the traceback here
+    child = multiprocessing.get_context("fork").Process(target=_in_forked_child, args=(images, expected))
+    child.start()
+    child.join(30)
+    if child.exitcode is None:
+        child.kill()
+    assert child.exitcode == 0
