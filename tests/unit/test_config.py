@@ -395,8 +395,8 @@ def test_a_global_batch_beyond_memory_is_refused_with_a_lower_bound():
 
     cfg = load_config(None, ["train.global_batch_size=4096", "train.micro_batch_size=1"])
     layout = resolve_layout(cfg, 2)
-    # synthetic: 64 tokens x 4 int64 tensors + one 112 px RGB fp32 image per sample
-    per_sample = 4 * 8 * 64 + 3 * 4 * 112 * 112
+    # synthetic: 64 tokens x 4 int64 tensors + one 112 px RGB uint8 image per sample
+    per_sample = 4 * 8 * 64 + 3 * 112 * 112
     need = 2048 * per_sample * 2      # 2048 samples on each of the 2 local ranks
     assert step_memory_error(cfg, layout, 2, need) is None
     problem = step_memory_error(cfg, layout, 2, need - 1)
