@@ -263,7 +263,7 @@ def test_pp2_vpp2_four_layers():
     layout = resolve_layout(cfg, 2)
     assert (layout.pp, layout.vpp, layout.tp, layout.dp) == (2, 2, 1, 1)
     assert layout.stage_layers == ((1, 1), (1, 1))
-    assert layout.num_microbatches == 8 // 2
+    assert layout.num_microbatches == 8 // 1  # micro-batch 1 (a packed row) by default
 
 
 def test_pp2_with_no_llm_layers_on_first_stage():
@@ -278,7 +278,7 @@ def test_default_layout_and_dp():
     layout = resolve_layout(cfg, 4)
     assert (layout.tp, layout.pp, layout.vpp, layout.dp) == (1, 1, 1, 4)
     assert layout.stage_layers == ((4,),)
-    assert layout.num_microbatches == 8 // (2 * 4)
+    assert layout.num_microbatches == 8 // (1 * 4)
     assert layout.padded_vocab_size % 128 == 0 and layout.padded_vocab_size >= 256
     assert layout.sequence_parallel is False
 
