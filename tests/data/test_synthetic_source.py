@@ -131,3 +131,22 @@ def test_loader_streams_of_the_synthetic_config(tokenizer, packing):
     assert rows(halves) == rows([batch])
     val = build_batches(cfg, tokenizer, VAL, 0, 1, num_workers=0).next_global_batch()
     assert not torch.equal(torch.cat([mb.pixel_values for mb in val.microbatches])[0], pixels[0])
+
+
+def test_checkpoints_from_before_the_loader_resume_at_consumed_samples(tokenizer):
+    """A synthetic run's checkpoint without loader state read samples [0, consumed_samples)
+    one per row: unpacked, the loader goes on from there; packed, it is refused by name."""
+    from megatron_sail.checkpointing.layout_files import CheckpointError
+    from megatron_sail.training.trainer import TrainState, _loader_state
+
+    cfg = _cfg("data.packing=false")
+    fresh = build_batches(cfg, tokenizer, TRAIN, 0, 1, num_workers=0)
+    common = {"train_state": {"iteration": 3, "consumed_samples": 12}}
+    state = _loader_state(cfg, common, TrainState(3, 12), fresh.samples.fingerprint())
+    resumed = build_batches(cfg, tokenizer, TRAIN, 0, 1, state=state, num_workers=0)
+    assert resumed.next_global_batch().positions == (12, 13, 14, 15)
+    assert _loader_state(cfg, {**common, "data": {"x": 1}}, TrainState(), {}) == {"x": 1}
+    assert _loader_state(cfg, {}, TrainState(), {}) is None  # a fresh run or checkpoint.load
+    with pytest.raises(CheckpointError, match="data.packing=false"):
+        _loader_state(_cfg("data.packing=true", "train.micro_batch_size=1"), common,
+                      TrainState(3, 12), {})
