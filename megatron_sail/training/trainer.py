@@ -264,12 +264,12 @@ class Trainer:
         return path
 
     # -- data and steps ---------------------------------------------------------------------
-    def _batches(self, stream: str, state=None, num_workers=None):
+    def _batches(self, stream: str, num_workers=None):
         """This rank's loader of ``stream``; one rank per data-parallel replica (TP x PP x CP)
         decodes, the others receive (every rank keeps the loader state)."""
         return build_batches(self.cfg, self.tokenizer, stream,
                              parallel_state.get_data_parallel_rank(), self.layout.dp,
-                             parallel_state.get_data_parallel_group(), state=state,
+                             parallel_state.get_data_parallel_group(),
                              num_workers=num_workers, share_group=data_sharing_group())
 
     def evaluate(self) -> dict[str, float]:

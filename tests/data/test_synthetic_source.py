@@ -150,3 +150,14 @@ def test_checkpoints_from_before_the_loader_resume_at_consumed_samples(tokenizer
     with pytest.raises(CheckpointError, match="data.packing=false"):
         _loader_state(_cfg("data.packing=true", "train.micro_batch_size=1"), common,
                       TrainState(3, 12), {})
+
+
+def test_a_sequence_too_short_for_the_synthetic_data_is_a_config_error(tokenizer):
+    """Skipping too-long samples would never end here: every generated sample is that long."""
+    from megatron_sail.config import ConfigError
+
+    loader = build_batches(_cfg("data.packing=false", "data.seq_length=32"), tokenizer, TRAIN,
+                           0, 1, num_workers=0)
+    with pytest.raises(ConfigError, match=r"data.seq_length=32 is too short for the synthetic "
+                                          r"data: sample 0 needs \d+ tokens \(16 visual"):
+        loader.next_global_batch()

@@ -14,8 +14,9 @@ import io
 
 from PIL import Image
 
+from megatron_sail.config.loader import ConfigError
 from megatron_sail.data.encoding.sample_encoder import (
-    EncodedRecord, MemberMedia, SampleEncoder, SamplePlan,
+    EncodedRecord, MemberMedia, SampleEncoder, SampleError, SampleErrorKind, SamplePlan,
 )
 from megatron_sail.data.records.record import ASSISTANT, IMAGE_PLACEHOLDER, USER, Record, Turn
 from megatron_sail.data.records.synthetic import make_sample
@@ -77,8 +78,17 @@ class SyntheticSource:
         return MemberMedia({IMAGE_MEMBER: _png(image)}, f"{self.name}:{index}")
 
     def plan(self, index: int, encoder: SampleEncoder) -> SamplePlan:
-        # Every image is image_size square: no drawing or PNG needed for its size.
-        return encoder.plan_from_sizes(self.record(index), [(self.image_size, self.image_size)])
+        # Every image is image_size square: no PNG needed for its size.
+        try:
+            return encoder.plan_from_sizes(self.record(index),
+                                           [(self.image_size, self.image_size)])
+        except SampleError as exc:
+            # All generated samples are about this long: skipping them would never end.
+            if exc.kind is SampleErrorKind.TOO_LONG:
+                raise ConfigError(f"data.seq_length={encoder.seq_length} is too short for the "
+                                  f"synthetic data: sample {index} {exc.reason.split(' but ')[0]}"
+                                  ) from None
+            raise
 
     def encode(self, index: int, encoder: SampleEncoder) -> EncodedRecord:
         return encoder.encode(self.record(index), self.media(index))
