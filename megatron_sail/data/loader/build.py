@@ -55,7 +55,8 @@ def stream_sources(cfg: SailConfig, stream: str) -> tuple[list[SampleSource], li
         raise ValueError("mismatched-image validation exists for the synthetic data only")
     path = data.blend if stream == TRAIN else data.valid_blend
     if not path:
-        raise ValueError(f"data.dataset=blend has no {'data.blend' if stream == TRAIN else 'data.valid_blend'}")
+        key = "data.blend" if stream == TRAIN else "data.valid_blend"
+        raise ValueError(f"data.dataset=blend has no {key}")
     return load_sources(path)
 
 
