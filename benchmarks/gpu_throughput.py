@@ -74,6 +74,8 @@ def _overrides(shape: dict, ns, extra: list[str]) -> list[str]:
     out = [f"model.preset={shape['preset']}",
            "train.precision=bf16", f"data.seq_length={shape['seq']}",
            "train.micro_batch_size=1", f"train.global_batch_size={ns.global_batch}",
+           # one sample per row, padded to seq_length; ``full`` packs rows of its own
+           "data.packing=false",
            f"train.train_iters={10 ** 6}", "train.eval_interval=null",
            "checkpoint.save_interval=null", "run.tensorboard=false"]
     if shape["llm_layers"]:

@@ -90,7 +90,7 @@ class ParallelConfig:
 class TrainConfig:
     train_iters: int = num(30, ge=1)
     global_batch_size: int = num(8, ge=1, le=MAX_GLOBAL_BATCH)
-    micro_batch_size: int = num(2, ge=1, le=MAX_GLOBAL_BATCH)
+    micro_batch_size: int = num(1, ge=1, le=MAX_GLOBAL_BATCH)  # 1: a packed row (data.packing)
     seed: int = num(1234, ge=0, lt=2**32)
     log_interval: int = num(1, ge=1)
     exit_interval: Optional[int] = num(None, ge=1)  # stop (with a checkpoint) after this many iterations

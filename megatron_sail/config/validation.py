@@ -271,7 +271,7 @@ def _context_parallel_errors(cfg: SailConfig, cp: int, sp_tp: int, errors: list[
         errors.append(f"parallel.cp_comm_type=a2a needs the attention heads per TP rank to be "
                       f"divisible by context_parallel_size={cp}")
     multiple = segment_pad_multiple(cfg)
-    if not (data.packing and data.dataset == "blend"):  # only real data is packed
+    if not data.packing:
         return multiple
     if cp > 1 and multiple % (2 * cp):
         errors.append(f"data.segment_pad_multiple={multiple} must be a multiple of 2 x "
@@ -293,12 +293,12 @@ def _data_errors(cfg: SailConfig) -> list[str]:
             path = getattr(data, key)
             if path and not os.path.exists(path):
                 errors.append(f"data.{key}={path}: no such file or directory")
-        if data.packing and train.micro_batch_size != 1:
-            errors.append(f"data.packing: a micro-batch is one packed row, so "
-                          f"train.micro_batch_size must be 1 (got {train.micro_batch_size}); "
-                          f"train.global_batch_size counts rows")
         if train.eval_interval and not data.valid_blend:
             errors.append("train.eval_interval with data.dataset=blend needs data.valid_blend")
+    if data.packing and train.micro_batch_size != 1:
+        errors.append(f"data.packing: a micro-batch is one packed row, so "
+                      f"train.micro_batch_size must be 1 (got {train.micro_batch_size}); "
+                      f"train.global_batch_size counts rows (or set data.packing=false)")
     if data.anyres and cfg.model.vision.patch_size != 14:
         errors.append(f"data.anyres sizes images in 28 px cells (14 px patches, 2x2 merge); "
                       f"model.vision.patch_size is {cfg.model.vision.patch_size}")
@@ -312,12 +312,12 @@ def step_memory_error(cfg: SailConfig, layout: Layout, local_ranks: int,
                       memory_bytes: int) -> str | None:
     """Every micro-batch of a step is built before the step runs, on every rank: refuse a
     global batch whose certain minimum on this machine (``local_ranks`` ranks; per sample its
-    tokens, labels, mask and positions as int64, and a synthetic sample's one image as fp32
+    tokens, labels, mask and positions as int64, and a synthetic sample's one image as uint8
     pixels) exceeds the machine's memory. A lower bound, so a refusal is never wrong."""
     image = cfg.data.image_size or cfg.model.vision.image_size
     per_sample = 4 * 8 * cfg.data.seq_length
     if cfg.data.dataset == "synthetic":
-        per_sample += 3 * 4 * image * image
+        per_sample += 3 * image * image
     rows = cfg.train.global_batch_size // layout.dp
     need = rows * per_sample * local_ranks
     if need <= memory_bytes:

@@ -115,8 +115,8 @@ def _iterators(model_chunks, microbatches: list[MicroBatch], all_chunks: bool = 
     all_chunks = all_chunks or any(mb.cu_seqlens is not None for mb in microbatches)
     iterators = []
     for chunk in model_chunks:
-        needs_data = all_chunks or chunk.module.pre_process or chunk.module.post_process
-        iterators.append(iter(microbatches if needs_data else [None] * len(microbatches)))
+        fed = all_chunks or chunk.module.pre_process or chunk.module.post_process
+        iterators.append(iter(microbatches if fed else [None] * len(microbatches)))
     return iterators if len(iterators) > 1 else iterators[0]
 
 

@@ -18,10 +18,8 @@ from megatron_sail.checkpointing.layout_files import (
 )
 from megatron_sail.config import ConfigError, SailConfig, config_to_dict, save_config
 from megatron_sail.config.validation import Layout, resolve_layout
-from megatron_sail.config.presets import tokens_per_tile
-from megatron_sail.data.packing.microbatch import GlobalBatches
-from megatron_sail.data.loader.synthetic_dataset import MismatchedImages, SyntheticCaptionDataset
-from megatron_sail.data.loader.build import build_batches
+from megatron_sail.data.loader.build import TRAIN, build_batches, validation_streams
+from megatron_sail.data.packing.plan import PackingState
 from megatron_sail.data.encoding.hf_tokenizer import load_tokenizer
 from megatron_sail.data.encoding.tokenizer import SentencePieceTokenizer, load_or_train_synthetic_tokenizer
 from megatron_sail.distributed.runtime import (
@@ -92,14 +90,18 @@ def _check_compatible(stored: dict, cfg: SailConfig, ckpt: Path) -> None:
                     f"{value!r} in the checkpoint but {current[part].get(key)!r} now")
 
 
-def _dataset(cfg: SailConfig, tokenizer, split: str) -> SyntheticCaptionDataset:
-    vit = cfg.model.vision
-    image_size = cfg.data.image_size or vit.image_size
-    tokens_per_image = tokens_per_tile(image_size, vit.patch_size,
-                                       cfg.model.adapter.downsample_ratio)
-    return SyntheticCaptionDataset(tokenizer, seed=cfg.train.seed, image_size=image_size,
-                                   num_image_tokens=tokens_per_image,
-                                   seq_length=cfg.data.seq_length, split=split)
+def _loader_state(cfg: SailConfig, common: dict, state: TrainState, fingerprint: dict):
+    """The checkpoint's loader state. Checkpoints written before the synthetic data went
+    through the loader have none: those runs read samples [0, consumed_samples) of the train
+    split, one per row, which is where an unpacked loader resumes. Packed, that position has
+    no equivalent, so such a checkpoint must resume with data.packing=false."""
+    if not common or "data" in common or cfg.data.dataset != "synthetic":
+        return common.get("data")
+    if cfg.data.packing:
+        raise CheckpointError("the checkpoint's synthetic data was read unpacked (it has no "
+                              "data-loader state): resume it with data.packing=false")
+    return {"packing": PackingState(state.consumed_samples).as_dict(), "skipped": {},
+            "blend": fingerprint, "packing_enabled": False}
 
 
 def _val_text(record: dict):
@@ -173,40 +175,18 @@ class Trainer:
                                          common.get("scheduler", {}).get("num_steps", 0))
         cfg.optimizer.lr_decay_iters = self.state.lr_decay_iters  # config.yaml: what runs
 
-        dp_rank = parallel_state.get_data_parallel_rank()
-        train = cfg.train
         self.tokenizer = tokenizer
-        self.data = None  # the real-data loader (data.dataset=blend)
-        clock.start("data start-up")
-        if cfg.data.dataset == "blend":
-            # One rank per data-parallel replica (TP x PP x CP) decodes; the others receive.
-            self.data = build_batches(cfg, tokenizer, cfg.data.blend, dp_rank, self.layout.dp,
-                                      parallel_state.get_data_parallel_group(),
-                                      state=common.get("data"),
-                                      share_group=data_sharing_group())
-            self.val_batches = {}
-        else:
-            self.batches = GlobalBatches(_dataset(cfg, tokenizer, "train"),
-                                         train.global_batch_size, train.micro_batch_size,
-                                         dp_rank, self.layout.dp)
-            val = _dataset(cfg, tokenizer, "val")
-            self.val_batches = {
-                "val_loss": GlobalBatches(val, train.global_batch_size, train.micro_batch_size,
-                                          dp_rank, self.layout.dp),
-                "val_loss_mismatched_images": GlobalBatches(
-                    MismatchedImages(val), train.global_batch_size, train.micro_batch_size,
-                    dp_rank, self.layout.dp),
-            }
-        clock.stop("data start-up")
+        with clock.phase("data start-up"):
+            self.data = self._batches(TRAIN)
+            state = _loader_state(cfg, common, self.state, self.data.samples.fingerprint())
+            if state is not None:
+                self.data.load_state_dict(state)
+        self.validation = validation_streams(cfg)  # metric name -> stream
         self.routing = None
         if cfg.model.llm.is_moe:
             self.routing = RoutingStats(self.model, cfg.model.llm.num_layers,
                                         cfg.model.llm.num_experts, tokenizer.pad_id,
                                         cfg.model.img_context_token_id)
-        # Packed rows: every stage's attention needs the sample boundaries; and the real-data
-        # loader's state advances on every rank alike.
-        self.needs_data = self.routing is not None or self.data is not None or any(
-            m.module.pre_process or m.module.post_process for m in self.model)
 
         self.metrics = None
         if env.rank == 0:
@@ -268,8 +248,7 @@ class Trainer:
         }
         if self.adalrs is not None:
             common["adalrs"] = self.adalrs.state_dict()
-        if self.data is not None:
-            common["data"] = self.data.state_dict()
+        common["data"] = self.data.state_dict()
         marker = {
             "iteration": it,
             "consumed_samples": self.state.consumed_samples,
@@ -284,43 +263,31 @@ class Trainer:
         log.info(f"saved checkpoint {path}")
         return path
 
-    # -- steps ----------------------------------------------------------------------------
-    def _microbatches(self, batches: GlobalBatches, consumed: int) -> list:
-        if self.needs_data:
-            return batches.microbatches(consumed)
-        return [None] * batches.num_microbatches
-
-    def _evaluate_blend(self) -> dict[str, float]:
-        """Loss on the first ``eval_iters`` global batches of data.valid_blend."""
-        cfg = self.cfg
-        batches = build_batches(cfg, self.tokenizer, cfg.data.valid_blend,
-                                parallel_state.get_data_parallel_rank(), self.layout.dp,
-                                parallel_state.get_data_parallel_group(), num_workers=0,
-                                share_group=data_sharing_group())
-        loss_sum = tokens = 0.0
-        for _ in range(cfg.train.eval_iters):
-            microbatches = batches.next_global_batch().microbatches
-            result = run_step(self.model, self.optimizer, self.scheduler, microbatches,
-                              cfg.data.seq_length, cfg.train.micro_batch_size, forward_only=True)
-            loss_sum, tokens = loss_sum + result.loss_sum, tokens + result.num_tokens
-        batches.close()
-        return {"val_loss": loss_sum / max(tokens, 1.0)}
+    # -- data and steps ---------------------------------------------------------------------
+    def _batches(self, stream: str, num_workers=None):
+        """This rank's loader of ``stream``; one rank per data-parallel replica (TP x PP x CP)
+        decodes, the others receive (every rank keeps the loader state)."""
+        return build_batches(self.cfg, self.tokenizer, stream,
+                             parallel_state.get_data_parallel_rank(), self.layout.dp,
+                             parallel_state.get_data_parallel_group(),
+                             num_workers=num_workers, share_group=data_sharing_group())
 
     def evaluate(self) -> dict[str, float]:
-        """Loss on the first ``eval_iters`` validation batches, and (synthetic data) the same
-        with every image swapped for another sample's (how much the model relies on what it
-        sees)."""
-        if self.data is not None:
-            return self._evaluate_blend()
+        """Loss on the first ``eval_iters`` global batches of each validation stream (synthetic
+        data: the held-out split, and the same with every image swapped for another sample's,
+        which shows how much the model relies on what it sees)."""
+        cfg = self.cfg
         out = {}
-        for name, batches in self.val_batches.items():
+        for name, stream in self.validation.items():
+            batches = self._batches(stream, num_workers=0)
             loss_sum = tokens = 0.0
-            for k in range(self.cfg.train.eval_iters):
+            for _ in range(cfg.train.eval_iters):
                 result = run_step(self.model, self.optimizer, self.scheduler,
-                                  self._microbatches(batches, k * self.cfg.train.global_batch_size),
-                                  self.cfg.data.seq_length, self.cfg.train.micro_batch_size,
+                                  batches.next_global_batch().microbatches,
+                                  cfg.data.seq_length, cfg.train.micro_batch_size,
                                   forward_only=True)
                 loss_sum, tokens = loss_sum + result.loss_sum, tokens + result.num_tokens
+            batches.close()
             out[name] = loss_sum / max(tokens, 1.0)
         return out
 
@@ -331,9 +298,10 @@ class Trainer:
         data preparation out of a timing (benchmarks, the memory measurement)."""
         for chunk in self.model:
             chunk.train()
+        samples = None
         if microbatches is None:
-            microbatches = (self.data.next_global_batch().microbatches if self.data is not None
-                            else self._microbatches(self.batches, self.state.consumed_samples))
+            batch = self.data.next_global_batch()
+            microbatches, samples = batch.microbatches, len(batch.shapes)
         if self.routing:
             self.routing.reset_step()
         result = run_step(self.model, self.optimizer, self.scheduler, microbatches,
@@ -342,7 +310,8 @@ class Trainer:
         if self.routing:
             self.routing.end_step(self.layout.num_microbatches)
         self.state.iteration += 1
-        self.state.consumed_samples += self.cfg.train.global_batch_size
+        if samples is not None:  # micro-batches fed again are not new data
+            self.state.consumed_samples += samples
         return result, microbatches
 
     def train(self) -> int:
@@ -361,13 +330,9 @@ class Trainer:
             t0 = time.perf_counter()
             if self.routing:
                 self.routing.reset_step()
-            data_metrics, skips, shapes = {}, [], None
-            if self.data is not None:
-                batch = self.data.next_global_batch()
-                microbatches, data_metrics, skips = batch.microbatches, batch.metrics, batch.skips
-                shapes = batch.shapes
-            else:
-                microbatches = self._microbatches(self.batches, state.consumed_samples)
+            batch = self.data.next_global_batch()
+            microbatches, data_metrics, skips = batch.microbatches, batch.metrics, batch.skips
+            shapes = batch.shapes
             result = run_step(self.model, self.optimizer, self.scheduler, microbatches,
                               cfg.data.seq_length, train.micro_batch_size,
                               before_microbatch=self.routing.observe if self.routing else None,
@@ -376,10 +341,8 @@ class Trainer:
                 self.routing.end_step(self.layout.num_microbatches)
             elapsed = time.perf_counter() - t0
             state.iteration += 1
-            if shapes is None:  # synthetic: full samples of seq_length
-                samples, tokens = train.global_batch_size, train.global_batch_size * cfg.data.seq_length
-            else:  # real data: the samples' own tokens, padding not counted
-                samples, tokens = len(shapes), sum(n for n, _ in shapes)
+            # The samples' own tokens, padding not counted.
+            samples, tokens = len(shapes), sum(n for n, _ in shapes)
             state.consumed_samples += samples
             if skips and self.metrics:
                 self.metrics.skipped(state.iteration, [s.as_dict() for s in skips])
@@ -425,8 +388,7 @@ class Trainer:
         return 0
 
     def close(self) -> None:
-        if self.data is not None:
-            self.data.close()
+        self.data.close()
         if self.metrics:
             self.metrics.close()
             from megatron_sail.errors import UserError

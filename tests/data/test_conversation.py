@@ -4,7 +4,6 @@
 import pytest
 import torch
 
-from megatron_sail.data.encoding.chat import encode_sample
 from megatron_sail.data.encoding.conversation import encode_conversation, encoded_length, render
 from megatron_sail.data.encoding.hf_tokenizer import HFTokenizer, load_tokenizer
 from megatron_sail.data.records.record import parse_record
@@ -16,7 +15,6 @@ from megatron_sail.data.encoding.sample_encoder import (
     SampleErrorKind,
     media_order,
 )
-from megatron_sail.data.records.synthetic import make_sample
 from megatron_sail.data.encoding.tokenizer import SentencePieceTokenizer
 from tests.data.media_fixtures import chat, image_bytes, truncated_jpeg, video_bytes
 from tests.helpers import RELEASE_FIXTURE, require_shared
@@ -159,18 +157,6 @@ def test_default_system_message_only_without_a_system_turn(hf):
     own = record({"conversations": chat("q", "a", system="mine")})
     assert render(plain.turns, system_message="dflt").startswith("<|im_start|>system\ndflt<|im_end|>\n")
     assert render(own.turns, system_message="dflt").startswith("<|im_start|>system\nmine<|im_end|>\n")
-
-
-def test_single_turn_matches_the_synthetic_encoder(tokenizer):
-    """The multi-turn encoder reproduces chat.encode_sample (the synthetic data's) exactly."""
-    for i in range(5):
-        s = make_sample(3, i, 32)
-        old = encode_sample(tokenizer, s.question, s.answer, num_image_tokens=4, seq_length=300)
-        rec = record({"image": "x.jpg", "conversations": chat("<image>\n" + s.question, s.answer)})
-        new = encode_conversation(tokenizer, rec.turns, [1], tokens_per_tile=4)
-        n = len(new.tokens)
-        assert torch.equal(old.tokens[:n], new.tokens) and torch.equal(old.loss_mask[:n], new.loss_mask)
-        assert torch.equal(old.labels[: n - 1], new.labels[: n - 1])
 
 
 # -- sample encoder ---------------------------------------------------------------------------

@@ -34,14 +34,14 @@ def dataset(tmp_path_factory):
 
 
 def _cfg(*extra):
-    return load_config(TINY, ["data.dataset=blend", f"data.seq_length={SEQ}", "data.max_tiles=4",
-                              "data.num_frames=4", "train.micro_batch_size=1",
+    return load_config(TINY, ["data.dataset=blend", "data.packing=true", f"data.seq_length={SEQ}",
+                              "data.max_tiles=4", "data.num_frames=4", "train.micro_batch_size=1",
                               "train.global_batch_size=4", *extra])
 
 
 def _loader(tokenizer, path, *extra, dp_rank=0, dp_size=1, state=None, workers=0):
-    return build_batches(_cfg(*extra), tokenizer, str(path), dp_rank, dp_size, state=state,
-                         num_workers=workers)
+    return build_batches(_cfg(f"data.blend={path}", *extra), tokenizer, "train", dp_rank,
+                         dp_size, state=state, num_workers=workers)
 
 
 def test_bad_samples_are_skipped_once_and_good_ones_all_kept(tokenizer, dataset):

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from megatron_sail.data.packing import plan as packing_plan
-from megatron_sail.data.encoding.chat import encode_sample
+from megatron_sail.data.encoding.conversation import encode_conversation
+from megatron_sail.data.records.record import ASSISTANT, USER, Turn
 from megatron_sail.data.packing import (
     PackedRow,
     PackingState,
@@ -276,16 +277,16 @@ def test_collate_rejects_overflow_and_ragged_samples() -> None:
 
 
 def test_collate_encoded_chat_samples(tokenizer: SentencePieceTokenizer) -> None:
-    """Real encoder output, trimmed to its length: each segment's loss targets are exactly
+    """Real encoder output: each segment's loss targets are exactly
     that sample's answer, and nothing is learned across the boundary."""
     answers = ["a red circle.", "two blue squares on the left.", "nothing."]
     samples = []
     for k, answer in enumerate(answers):
-        enc = encode_sample(tokenizer, "What is shown?", answer, num_image_tokens=4 * (k % 2),
-                            seq_length=128, num_images=k % 2)
-        n = int((enc.tokens != tokenizer.pad_id).sum())
-        samples.append({"tokens": enc.tokens[:n], "labels": enc.labels[:n], "loss_mask": enc.loss_mask[:n],
-                        "position_ids": enc.position_ids[:n], "pixel_values": None})
+        image = "<image>\n" if k % 2 else ""
+        enc = encode_conversation(tokenizer, [Turn(USER, image + "What is shown?"), Turn(ASSISTANT, answer)],
+                                  [1] * (k % 2), tokens_per_tile=4)
+        samples.append({"tokens": enc.tokens, "labels": enc.labels, "loss_mask": enc.loss_mask,
+                        "position_ids": enc.position_ids, "pixel_values": None})
     mb = collate_packed(samples, seq_length=128, pad_id=tokenizer.pad_id)
     bounds = mb.cu_seqlens.tolist()
     for k, answer in enumerate(answers):

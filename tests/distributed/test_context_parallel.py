@@ -68,7 +68,7 @@ def packed_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("dataset")
     dataset = make_dataset(root, bad=False)
     train_synthetic_tokenizer(str(root / "tokenizer.model"))
-    return ["data.dataset=blend", f"data.blend={dataset.jsonl}",
+    return ["data.dataset=blend", "data.packing=true", f"data.blend={dataset.jsonl}",
             f"data.tokenizer={root / 'tokenizer.model'}", "data.seq_length=256",
             "data.max_tiles=2", "data.num_frames=2", "data.num_workers=0",
             "data.segment_pad_multiple=4", "train.micro_batch_size=1",

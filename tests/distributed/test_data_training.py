@@ -20,7 +20,7 @@ def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("dataset")
     dataset = make_dataset(root)
     train_synthetic_tokenizer(str(root / "tokenizer.model"))
-    args = ["data.dataset=blend", f"data.blend={dataset.jsonl}",
+    args = ["data.dataset=blend", "data.packing=true", f"data.blend={dataset.jsonl}",
             f"data.tokenizer={root / 'tokenizer.model'}", "data.seq_length=256",
             "data.max_tiles=4", "data.num_frames=4", "data.num_workers=1",
             "train.micro_batch_size=1", "train.global_batch_size=4", "train.train_iters=12",

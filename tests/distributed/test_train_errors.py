@@ -22,7 +22,8 @@ def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("dataset")
     dataset = make_dataset(root, good=20, bad=False)
     train_synthetic_tokenizer(str(root / "tokenizer.model"))
-    return root, dataset.jsonl, ["data.dataset=blend", f"data.tokenizer={root / 'tokenizer.model'}",
+    return root, dataset.jsonl, ["data.dataset=blend", "data.packing=true",
+                                 f"data.tokenizer={root / 'tokenizer.model'}",
                                  *TRAIN]
 
 

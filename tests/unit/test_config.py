@@ -263,7 +263,7 @@ def test_pp2_vpp2_four_layers():
     layout = resolve_layout(cfg, 2)
     assert (layout.pp, layout.vpp, layout.tp, layout.dp) == (2, 2, 1, 1)
     assert layout.stage_layers == ((1, 1), (1, 1))
-    assert layout.num_microbatches == 8 // 2
+    assert layout.num_microbatches == 8 // 1  # micro-batch 1 (a packed row) by default
 
 
 def test_pp2_with_no_llm_layers_on_first_stage():
@@ -278,7 +278,7 @@ def test_default_layout_and_dp():
     layout = resolve_layout(cfg, 4)
     assert (layout.tp, layout.pp, layout.vpp, layout.dp) == (1, 1, 1, 4)
     assert layout.stage_layers == ((4,),)
-    assert layout.num_microbatches == 8 // (2 * 4)
+    assert layout.num_microbatches == 8 // (1 * 4)
     assert layout.padded_vocab_size % 128 == 0 and layout.padded_vocab_size >= 256
     assert layout.sequence_parallel is False
 
@@ -395,8 +395,8 @@ def test_a_global_batch_beyond_memory_is_refused_with_a_lower_bound():
 
     cfg = load_config(None, ["train.global_batch_size=4096", "train.micro_batch_size=1"])
     layout = resolve_layout(cfg, 2)
-    # synthetic: 64 tokens x 4 int64 tensors + one 112 px RGB fp32 image per sample
-    per_sample = 4 * 8 * 64 + 3 * 4 * 112 * 112
+    # synthetic: 64 tokens x 4 int64 tensors + one 112 px RGB uint8 image per sample
+    per_sample = 4 * 8 * 64 + 3 * 112 * 112
     need = 2048 * per_sample * 2      # 2048 samples on each of the 2 local ranks
     assert step_memory_error(cfg, layout, 2, need) is None
     problem = step_memory_error(cfg, layout, 2, need - 1)

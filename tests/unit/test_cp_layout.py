@@ -36,7 +36,8 @@ def test_seq_length_must_split_into_2cp_tp_chunks():
 
 
 def test_segment_pad_multiple_must_fit_cp():
-    packed = ("data.dataset=blend", "data.blend=x.jsonl", "data.tokenizer=t.model")
+    packed = ("data.dataset=blend", "data.packing=true", "data.blend=x.jsonl",
+              "data.tokenizer=t.model")
     with pytest.raises(ConfigError, match=r"data.segment_pad_multiple=6 must be a multiple of "
                                           r"2 x context_parallel_size = 4"):
         _layout(2, *packed, "parallel.context_parallel_size=2", "data.segment_pad_multiple=6")

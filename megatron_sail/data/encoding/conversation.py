@@ -35,10 +35,10 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
-from megatron_sail.data.encoding.chat import ChatTokenizer
 from megatron_sail.data.records.record import (
     ASSISTANT,
     IMAGE_PLACEHOLDER,
@@ -70,6 +70,22 @@ TURN_END = CHAT_TEMPLATES["chatml"].turn_end
 _PLACEHOLDERS = re.compile(f"({re.escape(IMAGE_PLACEHOLDER)}|{re.escape(VIDEO_PLACEHOLDER)})")
 
 
+class ChatTokenizer(Protocol):
+    """What the encoders need of a tokenizer: its special ids and plain-text encoding."""
+
+    @property
+    def pad_id(self) -> int: ...
+    @property
+    def eos_id(self) -> int: ...
+    @property
+    def img_context_id(self) -> int: ...
+    @property
+    def img_start_id(self) -> int: ...
+    @property
+    def img_end_id(self) -> int: ...
+    def encode(self, text: str) -> list[int]: ...
+
+
 @dataclass
 class EncodedConversation:
     """One sample, unpadded (length n); padding and packing come later."""
@@ -88,6 +104,12 @@ class _Visual:
 
 def header(role: str) -> str:
     return f"{IM_START}{role}\n"
+
+
+def template_texts() -> list[str]:
+    """ChatML's fragments between a user text and its answer, so a tokenizer trained for the
+    template (the synthetic data's) covers them."""
+    return [header(USER), f"{IM_END}\n{header(ASSISTANT)}", TURN_END]
 
 
 def _user_pieces(text: str, image_tokens: list[int], video_frames: int,

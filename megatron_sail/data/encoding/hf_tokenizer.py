@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterable
 from typing import Protocol
 
-from megatron_sail.data.encoding.chat import ChatTokenizer
+from megatron_sail.data.encoding.conversation import ChatTokenizer
 from megatron_sail.data.records.special_tokens import SPECIAL_TOKENS, SpecialTokenIds
 
 # Qwen2/Qwen3 pre-tokenisation: contractions, letter runs with one leading non-letter, single

@@ -15,8 +15,9 @@ import torch
 
 from megatron_sail.config import presets
 from megatron_sail.config.schema import IMAGE_DECODERS
-from megatron_sail.data.encoding.chat import ChatTokenizer
-from megatron_sail.data.encoding.conversation import encode_conversation, encoded_length
+from megatron_sail.data.encoding.conversation import (
+    ChatTokenizer, encode_conversation, encoded_length,
+)
 from megatron_sail.data.media.errors import MediaError
 from megatron_sail.data.media.images import decode_image, probe_image
 from megatron_sail.data.media.tiling import dynamic_tiles, num_tiles

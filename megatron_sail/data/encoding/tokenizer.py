@@ -9,7 +9,7 @@ from collections.abc import Iterable
 
 import sentencepiece as spm
 
-from megatron_sail.data.encoding.chat import template_texts
+from megatron_sail.data.encoding.conversation import template_texts
 from megatron_sail.data.records.special_tokens import SPECIAL_TOKENS, SpecialTokenIds
 from megatron_sail.data.records.synthetic import corpus
 from megatron_sail.utils.atomic import write_bytes_atomic

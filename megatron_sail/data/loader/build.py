@@ -1,4 +1,5 @@
-"""Real-data loaders from a training config (``data.dataset=blend``)."""
+"""The loaders of a training config: its training stream and its named validation streams,
+from the built-in synthetic data (``data.dataset=synthetic``) or a blend (``blend``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,13 @@ from megatron_sail.data.loader.multimodal import BlendedSamples, LoaderSettings,
 from megatron_sail.data.media.backends import require_backend
 from megatron_sail.data.encoding.sample_encoder import SampleEncoder
 from megatron_sail.data.loader.sources import SampleSource, open_source
+from megatron_sail.data.loader.synthetic_source import SyntheticSource
+
+TRAIN = "train"
+# Validation streams: the held-out split, and (synthetic data) the same samples with every
+# image swapped for the next sample's - how much the model relies on what it sees.
+VAL, VAL_MISMATCHED = "val", "val_mismatched_images"
+STREAMS = (TRAIN, VAL, VAL_MISMATCHED)
 
 
 def load_sources(path: str) -> tuple[list[SampleSource], list[float]]:
@@ -25,6 +33,31 @@ def load_sources(path: str) -> tuple[list[SampleSource], list[float]]:
         return ([open_source(e.path, e.root, e.name) for e in blend.entries],
                 [e.weight for e in blend.entries])
     return [open_source(path)], [1.0]
+
+
+def validation_streams(cfg: SailConfig) -> dict[str, str]:
+    """Metric name -> stream, for every validation stream of this config."""
+    if cfg.data.dataset == "synthetic":
+        return {"val_loss": VAL, "val_loss_mismatched_images": VAL_MISMATCHED}
+    return {"val_loss": VAL} if cfg.data.valid_blend else {}
+
+
+def stream_sources(cfg: SailConfig, stream: str) -> tuple[list[SampleSource], list[float]]:
+    if stream not in STREAMS:
+        raise ValueError(f"stream must be one of {STREAMS}, got {stream!r}")
+    data = cfg.data
+    if data.dataset == "synthetic":
+        split = TRAIN if stream == TRAIN else "val"
+        image_size = data.image_size or cfg.model.vision.image_size
+        return [SyntheticSource(cfg.train.seed, split, image_size,
+                                mismatched=stream == VAL_MISMATCHED)], [1.0]
+    if stream == VAL_MISMATCHED:
+        raise ValueError("mismatched-image validation exists for the synthetic data only")
+    path = data.blend if stream == TRAIN else data.valid_blend
+    if not path:
+        key = "data.blend" if stream == TRAIN else "data.valid_blend"
+        raise ValueError(f"data.dataset=blend has no {key}")
+    return load_sources(path)
 
 
 def gpu_decoding_possible() -> bool:
@@ -60,10 +93,11 @@ def sample_encoder(cfg: SailConfig, tokenizer) -> SampleEncoder:
         image_decoder=image_decoder(data.image_decoder), chat_template=chat_template_of(cfg))
 
 
-def build_batches(cfg: SailConfig, tokenizer, path: str, dp_rank: int, dp_size: int,
+def build_batches(cfg: SailConfig, tokenizer, stream: str, dp_rank: int, dp_size: int,
                   dp_group=None, state: Optional[dict] = None,
                   num_workers: Optional[int] = None, share_group=None) -> MultimodalBatches:
-    sources, weights = load_sources(path)
+    """This rank's loader of ``stream`` (``TRAIN``, ``VAL`` or ``VAL_MISMATCHED``)."""
+    sources, weights = stream_sources(cfg, stream)
     samples = BlendedSamples(sources, weights, cfg.train.seed, sample_encoder(cfg, tokenizer))
     data, train = cfg.data, cfg.train
     segment_multiple = segment_pad_multiple(cfg) if data.packing else 1

@@ -83,7 +83,8 @@ class BlendedSamples:
     def __init__(self, sources: Sequence[SampleSource], weights: Sequence[float], seed: int,
                  encoder: SampleEncoder):
         self.sources = list(sources)
-        self.schedule = BlendSchedule([len(s) for s in sources], list(weights), seed)
+        self.schedule = BlendSchedule([len(s) for s in sources], list(weights), seed,
+                                      in_order=[s.in_order for s in sources])
         self.encoder = encoder
         self._infos: dict[int, Optional[SampleInfo]] = {}
         self.failures: dict[int, Skip] = {}

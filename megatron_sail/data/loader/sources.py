@@ -22,6 +22,7 @@ from megatron_sail.data.records.shards import INDEX_FILE, ShardReader
 
 class SampleSource(Protocol):
     name: str
+    in_order: bool  # samples already in random order: the blend reads them by index, unshuffled
 
     def __len__(self) -> int: ...
     def plan(self, index: int, encoder: SampleEncoder) -> SamplePlan: ...
@@ -30,6 +31,8 @@ class SampleSource(Protocol):
 
 class JsonlSource:
     """One record per non-blank line; line offsets are read once, lines on demand."""
+
+    in_order = False
 
     def __init__(self, path: str, root: str | None = None, name: str | None = None) -> None:
         self.path = os.path.abspath(path)
@@ -66,6 +69,8 @@ class JsonlSource:
 class ShardSource:
     """A ``sail data prepare`` directory. Plans come from the index (stored lengths when they
     were computed at this encoder's settings, else stored image sizes and the record's text)."""
+
+    in_order = False
 
     def __init__(self, directory: str, name: str | None = None) -> None:
         self.reader = ShardReader(directory)

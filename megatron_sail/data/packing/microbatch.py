@@ -1,10 +1,6 @@
-"""Global batches that do not depend on the parallel layout.
-
-Global batch ``i`` is samples ``[i * G, (i + 1) * G)`` of the dataset; data-parallel rank
-``r`` takes the ``r``-th contiguous ``G / DP`` of them, cut into micro-batches. With the
-loss summed over tokens and normalised by the global token count, the update is the same for
-any DP size or micro-batch size; the data position is just ``consumed_samples``.
-"""
+"""The micro-batch the model steps on, unpacked collation, and pixel normalisation on the
+device. With the loss summed over tokens and normalised by the global token count, the update
+does not depend on how a global batch is cut into micro-batches or ranks."""
 
 from __future__ import annotations
 
@@ -70,28 +66,3 @@ def collate(samples: list[dict]) -> MicroBatch:
         pixel_values=concat_visual(samples, "pixel_values"),
         image_grids=concat_visual(samples, "image_grids"),
     )
-
-
-class GlobalBatches:
-    def __init__(self, dataset, global_batch_size: int, micro_batch_size: int, dp_rank: int,
-                 dp_size: int):
-        if global_batch_size % (micro_batch_size * dp_size):
-            raise ValueError(f"global batch {global_batch_size} is not divisible by "
-                             f"micro-batch {micro_batch_size} x DP {dp_size}")
-        self.dataset = dataset
-        self.global_batch_size = global_batch_size
-        self.micro_batch_size = micro_batch_size
-        self.per_rank = global_batch_size // dp_size
-        self.dp_rank = dp_rank
-
-    @property
-    def num_microbatches(self) -> int:
-        return self.per_rank // self.micro_batch_size
-
-    def microbatches(self, consumed_samples: int) -> list[MicroBatch]:
-        """This rank's micro-batches of the global batch starting at ``consumed_samples``."""
-        start = consumed_samples + self.dp_rank * self.per_rank
-        indices = list(range(start, start + self.per_rank))
-        mbs = self.micro_batch_size
-        return [collate([self.dataset[i] for i in indices[k:k + mbs]])
-                for k in range(0, self.per_rank, mbs)]

@@ -23,7 +23,9 @@ periodic: one table of ``PERIOD`` entries answers any position in O(1), making
 Within a dataset its ``k``-th draw is sample ``perm(seed, d, e)[k mod size_d]``, epoch
 ``e = k // size_d``: a fresh permutation per (seed, dataset index, epoch). A permutation costs
 O(size_d) time and 4-8 bytes per sample to build; the most recent ``PERM_CACHE`` per dataset are
-kept, so sequential reading builds one per dataset epoch.
+kept, so sequential reading builds one per dataset epoch. A dataset whose samples are already
+in random order (``in_order``: the generated synthetic data, effectively infinite) is read in
+index order instead: no permutation, nothing allocated per sample.
 """
 
 from __future__ import annotations
@@ -158,9 +160,13 @@ class BlendSchedule:
     """``source_of(position) -> (dataset index, sample index)``, a pure function of
     (sizes, weights, seed, position)."""
 
-    def __init__(self, sizes: list[int], weights: list[float], seed: int, period: int = PERIOD) -> None:
+    def __init__(self, sizes: list[int], weights: list[float], seed: int, period: int = PERIOD,
+                 in_order: list[bool] | None = None) -> None:
         if len(sizes) != len(weights):
             raise ValueError(f"{len(sizes)} dataset sizes but {len(weights)} weights")
+        self.in_order = list(in_order) if in_order is not None else [False] * len(sizes)
+        if len(self.in_order) != len(sizes):
+            raise ValueError(f"{len(sizes)} dataset sizes but {len(self.in_order)} in_order flags")
         empty = [d for d, n in enumerate(sizes) if n < 1]
         if empty:
             raise ValueError(f"dataset(s) {empty} of the blend have no samples")
@@ -187,6 +193,8 @@ class BlendSchedule:
     def source_of(self, position: int) -> tuple[int, int]:
         d, k = self.draw(position)
         epoch, offset = divmod(k, self.sizes[d])
+        if self.in_order[d]:
+            return d, offset
         return d, int(self._permutation(d, epoch)[offset])
 
     def counts(self, num_positions: int) -> list[int]:

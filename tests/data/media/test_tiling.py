@@ -139,3 +139,16 @@ def test_tiles_made_in_a_dataloader_worker_are_allocated_in_shared_memory():
         assert shared_in_worker  # handed over without another copy
         assert torch.equal(tiles, dynamic_tiles(random_image(300 + i, 200, seed=i), image_size=56))
     assert not dynamic_tiles(random_image(30, 20), image_size=56).is_shared()  # ordinary memory here
+
+
+def test_normalize_by_hand():
+    """The release's arithmetic (x / 255 - mean) / std on values worked out by hand, in CHW."""
+    pixels = torch.zeros((3, 4, 4), dtype=torch.uint8)
+    pixels[:, 0, 0] = torch.tensor([255, 0, 128], dtype=torch.uint8)
+    out = normalize(pixels)
+    assert out.shape == (3, 4, 4) and out.dtype == torch.float32
+    expected = torch.tensor([(1.0 - 0.485) / 0.229, (0.0 - 0.456) / 0.224, (128 / 255 - 0.406) / 0.225])
+    torch.testing.assert_close(out[:, 0, 0], expected, atol=1e-5, rtol=0)
+    # Black: -mean / std, about (-2.118, -2.036, -1.804).
+    torch.testing.assert_close(out[:, 1, 1], torch.tensor([-2.117904, -2.035714, -1.804444]),
+                               atol=1e-5, rtol=0)
