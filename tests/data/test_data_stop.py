@@ -27,9 +27,12 @@ def slow_data(tmp_path_factory):
 
 
 def _start(*args):
+    # A Ctrl-C reaches a foreground command, whose SIGINT is never ignored; a test run started
+    # in the background may hand down an ignored SIGINT, which Python would then keep.
     return subprocess.Popen([sys.executable, "-m", "megatron_sail.cli", "data", *args,
                              "--workers", "2"], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _workers_busy(proc) -> list[psutil.Process]:
