@@ -343,8 +343,7 @@ class RLTrainer(Trainer):
             state.consumed_samples = record["consumed_samples"]
             if self.metrics:
                 self.metrics.write(record)
-                loss = float("nan") if record["loss"] is None else record["loss"]
-                progress.show(state.iteration, loss, record["lr"], _summary(record))
+                progress.show(state.iteration, record["loss"], record["lr"], _summary(record))
             stop = self.stop.agreed()
             interval = cfg.checkpoint.save_interval
             exit_now = bool(cfg.train.exit_interval

@@ -72,9 +72,12 @@ class Progress:
         self._line = ProgressLine("iter", total, start=start_iteration, stream=stream)
         self.stream = stream
 
-    def line(self, iteration: int, loss: float, lr: float, extra: Optional[str] = None) -> str:
+    def line(self, iteration: int, loss: Optional[float], lr: float,
+             extra: Optional[str] = None) -> str:
+        """``loss`` None: the iteration made no update (an RL episode whose groups were all
+        dropped)."""
         rate = (iteration - self.start_iteration) / self._line.elapsed()
-        text = f"loss {loss:.4f} lr {lr:.3e}"
+        text = f"loss {'- (no update)' if loss is None else f'{loss:.4f}'} lr {lr:.3e}"
         return self._line.line(iteration, rate=f"{rate:.2f} it/s",
                                detail=f"{text} | {extra}" if extra else text)
 

@@ -27,3 +27,9 @@ def test_a_resumed_run_counts_only_its_own_iterations():
     progress.show(20, 3.5, 1e-3, "val_loss 3.4")
     assert stream.getvalue() == ("[iter] 20/30  66% | 2.00 it/s | ETA 0:00:05 | "
                                  "loss 3.5000 lr 1.000e-03 | val_loss 3.4\n")
+
+
+def test_an_iteration_without_an_update_says_so_instead_of_a_loss():
+    stream = io.StringIO()
+    Progress(start_iteration=0, total=4, stream=stream).show(1, None, 1e-6)
+    assert "| loss - (no update) lr 1.000e-06" in stream.getvalue()
