@@ -34,11 +34,16 @@ def run_worker(config_path: str | None, overrides: list[str], load=None,
         check_stack()
         from megatron_sail.distributed.runtime import detect_env, shutdown
 
-        trainer = make_trainer(cfg, detect_env())
+        trainer = None
         try:
+            trainer = make_trainer(cfg, detect_env())
             return trainer.train()
         finally:
-            trainer.close()
+            if trainer is not None:
+                trainer.close()
+            # Also when the set-up failed (a bad blend, a corrupt checkpoint): a process group
+            # left to the interpreter's exit may abort it ("terminate called without an active
+            # exception") after the error line, turning exit code 2 into 134.
             shutdown()
 
 
