@@ -296,23 +296,30 @@ class Trainer:
         next global batch of the run's data, or on ``microbatches`` when given. Returns the
         step's result and the micro-batches it ran, which a caller may feed again to keep
         data preparation out of a timing (benchmarks, the memory measurement)."""
-        for chunk in self.model:
-            chunk.train()
         samples = None
         if microbatches is None:
             batch = self.data.next_global_batch()
             microbatches, samples = batch.microbatches, len(batch.shapes)
+        result = self._step(microbatches)
+        if samples is not None:  # micro-batches fed again are not new data
+            self.state.consumed_samples += samples
+        return result, microbatches
+
+    def _step(self, microbatches: list):
+        """Forward, backward and the optimizer step on ``microbatches`` (routing statistics
+        and the AdaLRS trial's LR scale included); the iteration counter advances."""
+        for chunk in self.model:
+            chunk.train()
         if self.routing:
             self.routing.reset_step()
         result = run_step(self.model, self.optimizer, self.scheduler, microbatches,
                           self.cfg.data.seq_length, self.cfg.train.micro_batch_size,
-                          before_microbatch=self.routing.observe if self.routing else None)
+                          before_microbatch=self.routing.observe if self.routing else None,
+                          lr_scale=self.adalrs.scale if self.adalrs else 1.0)
         if self.routing:
             self.routing.end_step(self.layout.num_microbatches)
         self.state.iteration += 1
-        if samples is not None:  # micro-batches fed again are not new data
-            self.state.consumed_samples += samples
-        return result, microbatches
+        return result
 
     def train(self) -> int:
         cfg, state = self.cfg, self.state
@@ -325,22 +332,11 @@ class Trainer:
         progress = Progress(state.iteration, train.train_iters)
         last_saved = state.iteration if state.iteration else None
         while state.iteration < train.train_iters:
-            for chunk in self.model:
-                chunk.train()
             t0 = time.perf_counter()
-            if self.routing:
-                self.routing.reset_step()
             batch = self.data.next_global_batch()
-            microbatches, data_metrics, skips = batch.microbatches, batch.metrics, batch.skips
-            shapes = batch.shapes
-            result = run_step(self.model, self.optimizer, self.scheduler, microbatches,
-                              cfg.data.seq_length, train.micro_batch_size,
-                              before_microbatch=self.routing.observe if self.routing else None,
-                              lr_scale=self.adalrs.scale if self.adalrs else 1.0)
-            if self.routing:
-                self.routing.end_step(self.layout.num_microbatches)
+            data_metrics, skips, shapes = batch.metrics, batch.skips, batch.shapes
+            result = self._step(batch.microbatches)
             elapsed = time.perf_counter() - t0
-            state.iteration += 1
             # The samples' own tokens, padding not counted.
             samples, tokens = len(shapes), sum(n for n, _ in shapes)
             state.consumed_samples += samples
