@@ -64,18 +64,22 @@ class SyntheticSource:
     def record(self, index: int) -> Record:
         """The conversation of sample ``index``: its image, then its question; its caption."""
         self._check(index)
-        sample = make_sample(self.generator_seed, index, self.image_size)
+        return self._record(index, make_sample(self.generator_seed, index, self.image_size))
+
+    def _record(self, index: int, sample) -> Record:
         return Record(source=self.name, line=index,
                       turns=(Turn(USER, f"{IMAGE_PLACEHOLDER}\n{sample.question}"),
                              Turn(ASSISTANT, sample.answer)),
                       images=(IMAGE_MEMBER,))
 
-    def media(self, index: int) -> MemberMedia:
-        """The image the record of ``index`` is shown with (the next sample's when mismatched)."""
+    def media(self, index: int, sample=None) -> MemberMedia:
+        """The image the record of ``index`` is shown with (the next sample's when mismatched);
+        ``sample``: sample ``index`` when the caller has drawn it already."""
         self._check(index)
         image_index = index + 1 if self.mismatched else index
-        image = make_sample(self.generator_seed, image_index, self.image_size).image
-        return MemberMedia({IMAGE_MEMBER: _png(image)}, f"{self.name}:{index}")
+        if sample is None or image_index != index:
+            sample = make_sample(self.generator_seed, image_index, self.image_size)
+        return MemberMedia({IMAGE_MEMBER: _png(sample.image)}, f"{self.name}:{index}")
 
     def plan(self, index: int, encoder: SampleEncoder) -> SamplePlan:
         # Every image is image_size square: no PNG needed for its size.
@@ -91,7 +95,9 @@ class SyntheticSource:
             raise
 
     def encode(self, index: int, encoder: SampleEncoder) -> EncodedRecord:
-        return encoder.encode(self.record(index), self.media(index))
+        self._check(index)
+        sample = make_sample(self.generator_seed, index, self.image_size)  # drawn once
+        return encoder.encode(self._record(index, sample), self.media(index, sample))
 
 
 __all__ = ["SPLITS", "SYNTHETIC_LENGTH", "SyntheticSource", "split_seed"]
